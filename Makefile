@@ -1,0 +1,41 @@
+# Two entry points for a fresh clone: `make demo` and `make test`. Both create/update .venv first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# --isolated: ignore this machine's pip config (a local CPU-only torch wheel); take PyPI's default
+# CUDA-enabled torch, pinned in constraints.txt, so torchvision/open_clip/CUDA builds all work.
+PIP    := $(PY) -m pip install --isolated --disable-pip-version-check -q -c constraints.txt
+STAMP  := $(VENV)/.installed
+export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/build/inductor-cache
+
+.PHONY: setup demo test test-gpu bench constraints clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml setup.py constraints.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) -r requirements-dev.txt torch torchvision triton
+	$(PIP) --no-build-isolation --no-deps -e .
+	$(PY) -m clipkern.info
+	touch $(STAMP)
+
+# Main job: a short side-by-side benchmark of clipkern vs open_clip on whatever device is here.
+demo: $(STAMP)
+	$(PY) -m benchmarks.demo
+
+# CPU test suite; the Triton kernels run under the interpreter. GPU lane: `make test-gpu`.
+test: $(STAMP)
+	TRITON_INTERPRET=1 $(PY) -m pytest -m "not gpu" -q --timeout=900 -p no:cacheprovider
+
+test-gpu: $(STAMP)
+	$(PY) -m pytest -m gpu -q
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run --out benchmarks/results
+
+constraints: $(STAMP)
+	{ head -n 2 constraints.txt; $(PY) -m pip freeze --isolated --all | grep -v -E '^(-e |clipkern|pip==)'; } > constraints.tmp
+	mv constraints.tmp constraints.txt
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,86 @@
+"""Input validation shared by every loss. Errors name the argument; nothing here syncs with the
+device except the explicit label range check (skipped under torch.compile)."""
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _is_compiling() -> bool:
+    try:
+        return torch.compiler.is_compiling()
+    except AttributeError:  # pragma: no cover
+        return False
+
+
+def check_features(name: str, x, *, width: int | None = None) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (batch, dim), got shape {tuple(x.shape)}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a floating tensor (fp16/bf16/fp32/fp64), got {x.dtype}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)})")
+    if x.shape[1] == 0:
+        raise ValueError(f"{name} has zero feature width (shape {tuple(x.shape)})")
+    if width is not None and x.shape[1] != width:
+        raise ValueError(f"{name} has feature width {x.shape[1]}, expected {width} to match the other features")
+    return x
+
+
+def check_pair(a_name: str, a: torch.Tensor, b_name: str, b: torch.Tensor) -> None:
+    """Two feature matrices that are multiplied together: same width, device and dtype."""
+    check_features(a_name, a)
+    check_features(b_name, b, width=a.shape[1])
+    if a.device != b.device:
+        raise ValueError(f"{a_name} is on {a.device} but {b_name} is on {b.device}")
+    if a.dtype != b.dtype:
+        raise TypeError(f"{a_name} is {a.dtype} but {b_name} is {b.dtype}; cast them to one dtype")
+
+
+def check_same_batch(a_name: str, a: torch.Tensor, b_name: str, b: torch.Tensor) -> None:
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"{a_name} has batch {a.shape[0]} but {b_name} has batch {b.shape[0]}")
+
+
+def as_scalar(name: str, value, like: torch.Tensor, *, optional: bool = False) -> torch.Tensor | None:
+    """logit_scale / logit_bias: a 0-d (or one-element) tensor, kept in the autograd graph.
+
+    Python numbers are accepted for functionals (they become constants); modules get tensors from
+    open_clip. Anything else is a TypeError naming the argument.
+    """
+    if value is None:
+        if optional:
+            return None
+        raise TypeError(f"{name} is required (a 0-d tensor or a number), got None")
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a tensor or a number, got bool")
+    if isinstance(value, (int, float)):
+        return torch.tensor(float(value), device=like.device, dtype=torch.float32)
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a 0-d tensor or a number, got {type(value).__name__}")
+    if value.numel() != 1:
+        raise ValueError(f"{name} must hold a single value, got shape {tuple(value.shape)}")
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor, got {value.dtype}")
+    if value.device != like.device and value.device.type != "cpu":
+        raise ValueError(f"{name} is on {value.device} but the features are on {like.device}")
+    return value.reshape(()).to(like.device)
+
+
+def check_labels(name: str, labels, rows: int, cols: int, device: torch.device) -> torch.Tensor:
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of class indices, got {type(labels).__name__}")
+    if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise TypeError(f"{name} must be an integer tensor, got {labels.dtype}")
+    if labels.shape != (rows,):
+        raise ValueError(f"{name} must have shape ({rows},) (one column index per row), got {tuple(labels.shape)}")
+    if labels.device != device:
+        raise ValueError(f"{name} is on {labels.device} but the features are on {device}")
+    if not _is_compiling() and rows > 0:
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= cols:
+            raise ValueError(f"{name} must lie in [0, {cols}) (the number of columns), got values in [{lo}, {hi}]")
+    return labels.long()

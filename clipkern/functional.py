@@ -1,0 +1,71 @@
+"""Functional losses. Each returns a 0-d fp32 tensor (fp64 for fp64 input: the oracle).
+
+All take `backend="auto" | "reference" | "triton" | "cuda"`; see clipkern/_backend.py.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _backend
+from ._checks import as_scalar, check_labels, check_pair
+from .ops.contrastive import contrastive_loss as _contrastive
+from .ops.sigmoid import sigmoid_loss as _sigmoid
+
+__all__ = ["clip_loss", "siglip_loss"]
+
+
+def _out(loss: torch.Tensor) -> torch.Tensor:
+    return loss.to(torch.promote_types(loss.dtype, torch.float32))
+
+
+def _prepare(a_name, a, c_name, c, logit_scale, logit_bias, labels, backend):
+    check_pair(a_name, a, c_name, c)
+    scale = as_scalar("logit_scale", logit_scale, a)
+    bias = as_scalar("logit_bias", logit_bias, a, optional=True)
+    rows, cols = a.shape[0], c.shape[0]
+    if labels is None:
+        if rows > cols:
+            raise ValueError(
+                f"labels is required when {a_name} has more rows ({rows}) than {c_name} ({cols}); "
+                "by default row i's positive is column i")
+        labels = torch.arange(rows, device=a.device)
+    else:
+        labels = check_labels("labels", labels, rows, cols, a.device)
+    return scale, bias, labels, _backend.resolve(backend, a.device, a.dtype)
+
+
+def clip_loss(image_features, text_features, logit_scale, logit_bias=None, *, labels=None,
+              backend="auto") -> torch.Tensor:
+    """Symmetric softmax contrastive (CLIP) loss, fused: O(B + N) extra memory.
+
+    S = logit_scale · I Tᵀ (+ logit_bias); loss = ½ [row CE + column CE], where row i's positive is
+    column labels[i] (default i) and the column direction takes, for each positive (i, labels[i]),
+    the softmax down column labels[i] with target row i. With square inputs and default labels this
+    equals open_clip's ClipLoss. logit_bias cancels in every softmax; it gets an exactly-zero
+    gradient on the fused backends.
+    """
+    scale, bias, labels, be = _prepare("image_features", image_features, "text_features", text_features,
+                                       logit_scale, logit_bias, labels, backend)
+    return _out(_contrastive(image_features, text_features, scale, bias, labels, True, be))
+
+
+def clip_loss_rows(features, other_features, logit_scale, logit_bias=None, *, labels=None,
+                   backend="auto") -> torch.Tensor:
+    """One direction of the contrastive loss: mean_i CE(S[i, :], labels[i]). open_clip's local
+    loss is ½[clip_loss_rows(I_local, T_all) + clip_loss_rows(T_local, I_all)]."""
+    scale, bias, labels, be = _prepare("features", features, "other_features", other_features,
+                                       logit_scale, logit_bias, labels, backend)
+    return _out(_contrastive(features, other_features, scale, bias, labels, False, be))
+
+
+def siglip_loss(image_features, text_features, logit_scale, logit_bias, *, labels=None,
+                backend="auto") -> torch.Tensor:
+    """Sigmoid contrastive (SigLIP) loss, fused: −Σ_ij log σ(z_ij (s·I_i·T_j + b)) / B.
+
+    z_ij = +1 for j = labels[i] (default i) and −1 otherwise; with labels=None and more text rows
+    than image rows the extra columns are negatives only (open_clip's multi-rank SigLIP).
+    logit_bias may be None (no bias).
+    """
+    scale, bias, labels, be = _prepare("image_features", image_features, "text_features", text_features,
+                                       logit_scale, logit_bias, labels, backend)
+    return _out(_sigmoid(image_features, text_features, scale, bias, labels, be))

@@ -1,0 +1,118 @@
+"""Drop-in nn.Modules with open_clip 3.3's constructor and forward signatures.
+
+    from clipkern import ClipLoss      # instead of: from open_clip.loss import ClipLoss
+
+Every module also takes a keyword-only `backend` (default "auto"). With output_dict=True they return
+only `*_loss` keys, as open_clip's training loop sums every value of the dict.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from . import functional as F
+from ._checks import check_pair, check_same_batch
+from .distributed import all_gather_with_grad, gather_features
+
+SIGLIP_DIST_IMPLS = ("bidir", "shift", "reduce", "gather")
+
+
+class _LabelCache:
+    """open_clip's label caching (`cache_labels`, `prev_num_logits`, `labels` per device)."""
+
+    def _init_cache(self, cache_labels: bool) -> None:
+        self.cache_labels = cache_labels
+        self.prev_num_logits = 0
+        self.labels = {}
+
+    def get_ground_truth(self, device, num_logits, offset=0) -> torch.Tensor:
+        if self.prev_num_logits != num_logits or device not in self.labels:
+            labels = torch.arange(offset, offset + num_logits, device=device, dtype=torch.long)
+            if self.cache_labels:
+                self.labels[device] = labels
+                self.prev_num_logits = num_logits
+            return labels
+        return self.labels[device]
+
+
+class ClipLoss(_LabelCache, nn.Module):
+    """Softmax contrastive (CLIP) loss, fused. Same arguments and results as open_clip's ClipLoss.
+
+    world_size > 1 gathers features through torch.distributed (with autograd when
+    gather_with_grad). local_loss computes this rank's rows against all columns in both directions,
+    labels arange(B) + rank·B; otherwise every rank computes the global loss, as open_clip does.
+    """
+
+    def __init__(self, local_loss=False, gather_with_grad=False, cache_labels=False, rank=0,
+                 world_size=1, use_horovod=False, *, backend="auto"):
+        super().__init__()
+        self.local_loss = local_loss
+        self.gather_with_grad = gather_with_grad
+        self.rank = rank
+        self.world_size = world_size
+        self.use_horovod = use_horovod
+        self.backend = backend
+        self._init_cache(cache_labels)
+
+    def forward(self, image_features, text_features, logit_scale, logit_bias=None, output_dict=False):
+        check_pair("image_features", image_features, "text_features", text_features)
+        check_same_batch("image_features", image_features, "text_features", text_features)
+        if self.world_size > 1:
+            all_image, all_text = gather_features(
+                image_features, text_features, local_loss=self.local_loss,
+                gather_with_grad=self.gather_with_grad, rank=self.rank, world_size=self.world_size,
+                use_horovod=self.use_horovod)
+            if self.local_loss:
+                rows = image_features.shape[0]
+                labels = self.get_ground_truth(image_features.device, rows, offset=rows * self.rank)
+                loss = (F.clip_loss_rows(image_features, all_text, logit_scale, logit_bias, labels=labels,
+                                         backend=self.backend)
+                        + F.clip_loss_rows(text_features, all_image, logit_scale, logit_bias, labels=labels,
+                                           backend=self.backend)) / 2
+            else:
+                labels = self.get_ground_truth(image_features.device, all_image.shape[0])
+                loss = F.clip_loss(all_image, all_text, logit_scale, logit_bias, labels=labels,
+                                   backend=self.backend)
+        else:
+            labels = self.get_ground_truth(image_features.device, image_features.shape[0])
+            loss = F.clip_loss(image_features, text_features, logit_scale, logit_bias, labels=labels,
+                               backend=self.backend)
+        return {"contrastive_loss": loss} if output_dict else loss
+
+
+class SigLipLoss(_LabelCache, nn.Module):
+    """Sigmoid contrastive (SigLIP) loss, fused. Same arguments and results as open_clip's SigLipLoss.
+
+    With world_size > 1 the text features of every rank are gathered with autograd and this rank's
+    images are scored against all of them (other ranks' texts are negatives). That is the loss and
+    the gradient of each of open_clip's dist_impl choices ('bidir', 'shift', 'reduce', 'gather'),
+    which differ only in how the texts travel; here they all travel by one all_gather.
+    """
+
+    def __init__(self, cache_labels=False, rank=0, world_size=1, dist_impl=None, *, backend="auto"):
+        super().__init__()
+        self.rank = rank
+        self.world_size = world_size
+        self.dist_impl = dist_impl or "bidir"
+        if self.dist_impl not in SIGLIP_DIST_IMPLS:
+            raise ValueError(f"dist_impl must be one of {SIGLIP_DIST_IMPLS} or None, got {dist_impl!r}")
+        self.backend = backend
+        self._init_cache(cache_labels)
+
+    def forward(self, image_features, text_features, logit_scale, logit_bias, output_dict=False):
+        check_pair("image_features", image_features, "text_features", text_features)
+        check_same_batch("image_features", image_features, "text_features", text_features)
+        rows, device = image_features.shape[0], image_features.device
+        if self.world_size > 1:
+            from .distributed import _require_initialised
+
+            _require_initialised(self.world_size)
+            all_text = all_gather_with_grad(text_features)
+            labels = self.get_ground_truth(device, rows, offset=rows * self.rank)
+            loss = F.siglip_loss(image_features, all_text, logit_scale, logit_bias, labels=labels,
+                                 backend=self.backend)
+        else:
+            labels = self.get_ground_truth(device, rows)
+            loss = F.siglip_loss(image_features, text_features, logit_scale, logit_bias, labels=labels,
+                                 backend=self.backend)
+        return {"contrastive_loss": loss} if output_dict else loss

@@ -1,0 +1,82 @@
+"""What every loss family repeats, in plain torch: the label (positive-pair) terms, the exact-zero
+bias gradient, split/merge of partial log-sum-exp statistics and the launch configuration.
+
+The fused kernels of every family are *label-agnostic*: they compute dense, per-row or per-column
+statistics over all B×N tiles (log-sum-exp, or sums of softplus). The positive pairs touch only B
+entries, so their terms are computed here in O(B·D) torch ops and autograd adds their gradient.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..._backend import interpreter_enabled
+
+
+def positive_logits(a: torch.Tensor, c: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """scale · <a_i, c_{labels_i}> for every row i, in fp32 (fp64 for fp64 input). O(B·D)."""
+    acc = torch.promote_types(a.dtype, torch.float32)
+    return scale.to(acc) * (a.to(acc) * c.index_select(0, labels).to(acc)).sum(dim=1)
+
+
+def zero_grad_term(bias: torch.Tensor | None) -> torch.Tensor | float:
+    """0·bias: keeps a cancelled bias in the graph so it receives an exactly-zero gradient (DDP
+    never sees an unused parameter), and a non-finite bias still poisons the loss."""
+    return 0.0 if bias is None else bias.float().reshape(()) * 0.0
+
+
+def merge_lse(partial: torch.Tensor) -> torch.Tensor:
+    """(splits, K) partial log-sum-exps -> (K,); -inf entries (empty splits) drop out."""
+    return partial.logsumexp(dim=0) if partial.shape[0] > 1 else partial[0]
+
+
+def arange_labels(rows: int, offset: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(offset, offset + rows, device=device, dtype=torch.long)
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """Block sizes and split counts for one launch. GPU values target H100-class parts; the CPU
+    interpreter prefers few, large blocks (numpy does the work per block)."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    block_d: int
+    num_warps: int
+    num_stages: int
+    row_splits: int
+    col_splits: int
+
+    @property
+    def interpret(self) -> bool:
+        return interpreter_enabled()
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def tile_config(rows: int, cols: int, width: int, device: torch.device) -> TileConfig:
+    """Choose blocks and a 2-D split of the rows×cols tile grid so that even B=4096 fills the GPU.
+
+    The forward runs on a (row_splits × col_splits) grid: each program walks a rectangle of tiles.
+    Column statistics are merged per row split and row statistics per column split, so the extra
+    memory is (row_splits·cols + col_splits·rows) floats: O(B + N).
+    """
+    if interpreter_enabled() or device.type != "cuda":
+        bm = bn = 64
+        bk = min(128, max(16, 1 << max(width - 1, 0).bit_length()))
+        bd = min(256, max(16, 1 << max(width - 1, 0).bit_length()))
+        return TileConfig(bm, bn, bk, bd, 4, 1, 1, max(1, min(2, math.ceil(cols / bn))))
+    bm, bn, bk = 128, 128, 64
+    bd = min(256, max(16, 1 << max(width - 1, 0).bit_length()))
+    row_blocks, col_blocks = math.ceil(rows / bm), math.ceil(cols / bn)
+    target = 2 * _sm_count(device)
+    row_splits = min(row_blocks, 64)
+    col_splits = max(1, min(col_blocks, math.ceil(target / row_splits), 64))
+    return TileConfig(bm, bn, bk, bd, 8, 2, row_splits, col_splits)

@@ -1,0 +1,54 @@
+"""Triton helpers shared by every family. Import only after deciding to use triton (the
+interpreter reads TRITON_INTERPRET when the defining module is first imported).
+
+Naming scheme in every kernel: `x_ptr` for the tiled-over "own" rows, `y_ptr` for the "other"
+rows, `offs_*` for index vectors, `mask_*` for their bounds, `stride_*` for row strides (the last
+dimension is contiguous; launchers make it so).
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def tile_dot(x_ptr, y_ptr, offs_x, offs_y, mask_x, mask_y, D, stride_x, stride_y,
+             BLOCK_X: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_K: tl.constexpr,
+             UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    """acc[i, j] = <x[offs_x[i], :], y[offs_y[j], :]> over the full width D, fp32 accumulation.
+
+    UPCAST converts each loaded block to fp32 right after the load (the CPU interpreter has no
+    bf16); on the GPU 16-bit blocks go to the tensor cores as they are.
+    """
+    acc = tl.zeros((BLOCK_X, BLOCK_Y), dtype=tl.float32)
+    offs_k = tl.arange(0, BLOCK_K)
+    for k0 in range(0, D, BLOCK_K):
+        kk = k0 + offs_k
+        mask_k = kk < D
+        x = tl.load(x_ptr + offs_x[:, None] * stride_x + kk[None, :],
+                    mask=mask_x[:, None] & mask_k[None, :], other=0.0)
+        y = tl.load(y_ptr + offs_y[:, None] * stride_y + kk[None, :],
+                    mask=mask_y[:, None] & mask_k[None, :], other=0.0)
+        if UPCAST:
+            x = x.to(tl.float32)
+            y = y.to(tl.float32)
+        acc = tl.dot(x, tl.trans(y), acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def load_block(ptr, offs_r, offs_c, mask_r, mask_c, stride, UPCAST: tl.constexpr):
+    """A (rows × cols) block of a row-major matrix, zero outside the bounds."""
+    v = tl.load(ptr + offs_r[:, None] * stride + offs_c[None, :],
+                mask=mask_r[:, None] & mask_c[None, :], other=0.0)
+    if UPCAST:
+        v = v.to(tl.float32)
+    return v
+
+
+def dot_precision(dtype, interpret: bool) -> str:
+    """fp32 inputs use 3xTF32 on the GPU (fp32-level error, unlike plain TF32); 16-bit inputs use
+    the tensor cores directly; the interpreter computes in IEEE fp32."""
+    import torch
+
+    if interpret:
+        return "ieee"
+    return "tf32x3" if dtype == torch.float32 else "tf32"

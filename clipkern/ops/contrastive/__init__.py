@@ -1,0 +1,70 @@
+"""Softmax contrastive family: torch.library custom ops over the fused Triton kernels, their
+autograd, and the dispatch between backends. Math: see reference.py and triton_kernels.py."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..base import positive_logits, zero_grad_term
+from . import reference
+
+
+@torch.library.custom_op("clipkern::triton_contrastive_lse", mutates_args=())
+def triton_contrastive_lse(x: Tensor, y: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+    """(row_lse, col_lse) of S = scale · x yᵀ, without materialising S."""
+    from .triton_ops import contrastive_fwd
+
+    return contrastive_fwd(x, y, scale)
+
+
+@triton_contrastive_lse.register_fake
+def _(x, y, scale):
+    return x.new_empty(x.shape[0], dtype=torch.float32), x.new_empty(y.shape[0], dtype=torch.float32)
+
+
+@torch.library.custom_op("clipkern::triton_contrastive_lse_bwd", mutates_args=())
+def triton_contrastive_lse_bwd(x: Tensor, y: Tensor, scale: Tensor, row_lse: Tensor, col_lse: Tensor,
+                               g_row: Tensor, g_col: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    from .triton_ops import contrastive_bwd
+
+    return contrastive_bwd(x, y, scale, row_lse, col_lse, g_row, g_col)
+
+
+@triton_contrastive_lse_bwd.register_fake
+def _(x, y, scale, row_lse, col_lse, g_row, g_col):
+    return torch.empty_like(x), torch.empty_like(y), scale.new_empty((), dtype=torch.float32)
+
+
+def _setup_context(ctx, inputs, output):
+    x, y, scale = inputs
+    ctx.save_for_backward(x, y, scale, *output)
+
+
+def _backward(ctx, g_row, g_col):
+    x, y, scale, row_lse, col_lse = ctx.saved_tensors
+    g_row = torch.zeros_like(row_lse) if g_row is None else g_row
+    g_col = torch.zeros_like(col_lse) if g_col is None else g_col
+    dx, dy, dscale = triton_contrastive_lse_bwd(x, y, scale, row_lse, col_lse, g_row, g_col)
+    return dx, dy, dscale.to(scale.dtype)
+
+
+triton_contrastive_lse.register_autograd(_backward, setup_context=_setup_context)
+
+
+def contrastive_loss(a: Tensor, c: Tensor, scale: Tensor, bias: Tensor | None, labels: Tensor,
+                     symmetric: bool, backend: str) -> Tensor:
+    """Mean softmax-contrastive loss of S = scale·a cᵀ (+ bias) with positives (i, labels[i]).
+
+    symmetric=True averages the row and column directions (CLIP); False gives the row direction
+    only (one half of open_clip's local loss). Inputs are validated by the caller.
+    """
+    if backend == "reference":
+        return reference.contrastive_loss(a, c, scale, bias, labels, symmetric)
+    if backend != "triton":
+        raise ValueError(f"no {backend!r} implementation of the contrastive loss")
+    row_lse, col_lse = triton_contrastive_lse(a, c, scale.float())
+    pos = positive_logits(a, c, labels, scale)
+    loss = (row_lse - pos).mean()
+    if symmetric:
+        loss = (loss + (col_lse.index_select(0, labels) - pos).mean()) / 2
+    return loss + zero_grad_term(bias)

@@ -1,0 +1,108 @@
+r"""Fused softmax-contrastive kernels. No B×N buffer: tiles of S are recomputed from the features.
+
+Notation (as in the code): X = own rows (B×D), Y = other rows (N×D), s = logit scale,
+S = s · X Yᵀ, computed tile by tile with fp32 accumulation.
+
+Forward (`_contrastive_fwd_kernel`), one pass over the tiles gives both statistics:
+    row:    lse_r[i] = log Σ_j exp(S[i, j])      online max/sum along j
+    column: lse_c[j] = log Σ_i exp(S[i, j])      online max/sum along i
+The (row_splits × col_splits) grid splits both axes. A program keeps running row statistics in
+registers for its row block and read-modify-writes the column statistics of its own row split
+(no atomics, deterministic). The launcher merges the splits with a logsumexp over O(B + N) floats.
+
+Backward (`_contrastive_bwd_kernel`). Given upstream gradients g_r = ∂L/∂lse_r, g_c = ∂L/∂lse_c:
+    P_r = exp(S − lse_r[:, None]),  P_c = exp(S − lse_c[None, :])
+    dS  = g_r[:, None] · P_r + g_c[None, :] · P_c
+    dX  = s · dS Y,   dY = s · dSᵀ X,   ds = Σ_ij dS ⊙ (X Yᵀ)
+The expression is symmetric under (X, lse_r, g_r) ↔ (Y, lse_c, g_c), so one kernel computes dX
+and, called with the roles swapped, dY. Each program owns a row block and a BLOCK_D slice of the
+output and walks all column blocks, recomputing S; ds is accumulated by the D-slice-0 programs of
+the first call only (WITH_DSCALE).
+
+The label terms (−S[i, y_i], ½ weights, means) are not in the kernels: see ops/base.
+"""
+import triton
+import triton.language as tl
+
+from ..base.triton_tiles import load_block, tile_dot
+
+
+@triton.jit
+def _contrastive_fwd_kernel(
+    x_ptr, y_ptr, scale_ptr, row_lse_part_ptr, col_m_part_ptr, col_l_part_ptr,
+    M, N, D, stride_x, stride_y, row_blocks_per_split, col_blocks_per_split,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid_r = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    scale = tl.load(scale_ptr).to(tl.float32)
+    rb_end = tl.minimum((pid_r + 1) * row_blocks_per_split, tl.cdiv(M, BLOCK_M))
+    cb_end = tl.minimum((pid_c + 1) * col_blocks_per_split, tl.cdiv(N, BLOCK_N))
+    for rb in range(pid_r * row_blocks_per_split, rb_end):
+        offs_m = rb * BLOCK_M + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < M
+        m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+        l_i = tl.zeros((BLOCK_M,), tl.float32)
+        for cb in range(pid_c * col_blocks_per_split, cb_end):
+            offs_n = cb * BLOCK_N + tl.arange(0, BLOCK_N)
+            mask_n = offs_n < N
+            s = scale * tile_dot(x_ptr, y_ptr, offs_m, offs_n, mask_m, mask_n, D, stride_x, stride_y,
+                                 BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, PRECISION)
+            # rows: online max/sum over this tile's valid columns
+            s_r = tl.where(mask_n[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s_r, axis=1))
+            l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(s_r - m_new[:, None]), axis=1)
+            m_i = m_new
+            # columns: tile statistics over valid rows, merged into this row split's partials
+            s_c = tl.where(mask_m[:, None], s, float("-inf"))
+            t_m = tl.max(s_c, axis=0)
+            t_l = tl.sum(tl.exp(s_c - t_m[None, :]), axis=0)
+            col_off = pid_r * N + offs_n
+            p_m = tl.load(col_m_part_ptr + col_off, mask=mask_n, other=float("-inf"))
+            p_l = tl.load(col_l_part_ptr + col_off, mask=mask_n, other=0.0)
+            n_m = tl.maximum(p_m, t_m)
+            n_l = p_l * tl.exp(p_m - n_m) + t_l * tl.exp(t_m - n_m)
+            tl.store(col_m_part_ptr + col_off, n_m, mask=mask_n)
+            tl.store(col_l_part_ptr + col_off, n_l, mask=mask_n)
+        tl.store(row_lse_part_ptr + pid_c * M + offs_m, m_i + tl.log(l_i), mask=mask_m)
+
+
+@triton.jit
+def _contrastive_bwd_kernel(
+    x_ptr, y_ptr, scale_ptr, lse_x_ptr, g_x_ptr, lse_y_ptr, g_y_ptr, dx_ptr, dscale_part_ptr,
+    M, N, D, stride_x, stride_y, stride_dx,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr, WITH_DSCALE: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    scale = tl.load(scale_ptr).to(tl.float32)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < M
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < D
+    lse_x = tl.load(lse_x_ptr + offs_m, mask=mask_m, other=0.0)
+    g_x = tl.load(g_x_ptr + offs_m, mask=mask_m, other=0.0)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    ds_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for cb in range(0, tl.cdiv(N, BLOCK_N)):
+        offs_n = cb * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        raw = tile_dot(x_ptr, y_ptr, offs_m, offs_n, mask_m, mask_n, D, stride_x, stride_y,
+                       BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, PRECISION)
+        s = scale * raw
+        lse_y = tl.load(lse_y_ptr + offs_n, mask=mask_n, other=0.0)
+        g_y = tl.load(g_y_ptr + offs_n, mask=mask_n, other=0.0)
+        ds = g_x[:, None] * tl.exp(s - lse_x[:, None]) + g_y[None, :] * tl.exp(s - lse_y[None, :])
+        ds = tl.where(mask_m[:, None] & mask_n[None, :], ds, 0.0)
+        if WITH_DSCALE:
+            ds_acc += tl.sum(ds * raw, axis=1)
+        y_d = load_block(y_ptr, offs_n, offs_d, mask_n, mask_d, stride_y, UPCAST)
+        acc = tl.dot(ds.to(y_d.dtype), y_d, acc, input_precision=PRECISION)
+    dx = acc * scale
+    tl.store(dx_ptr + offs_m[:, None] * stride_dx + offs_d[None, :],
+             dx.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
+    if WITH_DSCALE:
+        if pid_d == 0:
+            tl.store(dscale_part_ptr + pid_m, tl.sum(ds_acc, axis=0))

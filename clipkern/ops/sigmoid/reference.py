@@ -1,0 +1,16 @@
+"""Sigmoid contrastive loss (SigLIP) in plain torch: the oracle and the CPU fallback.
+
+    L = s · A Cᵀ + b,   z[i, j] = +1 if j = y_i else −1
+    loss = −Σ_ij log σ(z[i, j] · L[i, j]) / B          (open_clip 3.3 SigLipLoss, one rank)
+"""
+import torch
+import torch.nn.functional as F
+
+
+def sigmoid_loss(a, c, scale, bias, labels) -> torch.Tensor:
+    logits = scale * (a @ c.T)
+    if bias is not None:
+        logits = logits + bias
+    z = -torch.ones_like(logits)
+    z[torch.arange(a.shape[0], device=a.device), labels] = 1.0
+    return -F.logsigmoid(z * logits).sum() / a.shape[0]
