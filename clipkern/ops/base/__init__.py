@@ -8,6 +8,7 @@ entries, so their terms are computed here in O(B·D) torch ops and autograd adds
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -27,13 +28,13 @@ def zero_grad_term(bias: torch.Tensor | None) -> torch.Tensor | float:
     return 0.0 if bias is None else bias.float().reshape(()) * 0.0
 
 
-def merge_lse(partial: torch.Tensor) -> torch.Tensor:
-    """(splits, K) partial log-sum-exps -> (K,); -inf entries (empty splits) drop out."""
-    return partial.logsumexp(dim=0) if partial.shape[0] > 1 else partial[0]
-
-
-def arange_labels(rows: int, offset: int, device: torch.device) -> torch.Tensor:
-    return torch.arange(offset, offset + rows, device=device, dtype=torch.long)
+def new_output(shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Output buffer for a kernel. With CLIPKERN_NAN_FILL=1 (the tests set it) it starts as NaN so
+    that an element the kernel forgot to write shows up."""
+    dtype = like.dtype if dtype is None else dtype
+    if os.environ.get("CLIPKERN_NAN_FILL", "0") not in ("", "0"):
+        return torch.full(shape, float("nan"), device=like.device, dtype=dtype)
+    return torch.empty(shape, device=like.device, dtype=dtype)
 
 
 @dataclass(frozen=True)

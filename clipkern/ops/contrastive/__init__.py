@@ -10,8 +10,12 @@ from . import reference
 
 
 @torch.library.custom_op("clipkern::triton_contrastive_lse", mutates_args=())
-def triton_contrastive_lse(x: Tensor, y: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
-    """(row_lse, col_lse) of S = scale · x yᵀ, without materialising S."""
+def triton_contrastive_lse(x: Tensor, y: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Row and column statistics of S = scale · x yᵀ without materialising S:
+    (row_max, row_logsum, col_max, col_logsum), with lse = max + logsum.
+
+    Gradients are defined for lse: the max outputs are marked non-differentiable, so use them only
+    as `max + logsum` (their split merely keeps the backward's exp arguments small and exact)."""
     from .triton_ops import contrastive_fwd
 
     return contrastive_fwd(x, y, scale)
@@ -19,32 +23,37 @@ def triton_contrastive_lse(x: Tensor, y: Tensor, scale: Tensor) -> tuple[Tensor,
 
 @triton_contrastive_lse.register_fake
 def _(x, y, scale):
-    return x.new_empty(x.shape[0], dtype=torch.float32), x.new_empty(y.shape[0], dtype=torch.float32)
+    rows, cols = x.shape[0], y.shape[0]
+    return tuple(x.new_empty(n, dtype=torch.float32) for n in (rows, rows, cols, cols))
 
 
 @torch.library.custom_op("clipkern::triton_contrastive_lse_bwd", mutates_args=())
-def triton_contrastive_lse_bwd(x: Tensor, y: Tensor, scale: Tensor, row_lse: Tensor, col_lse: Tensor,
-                               g_row: Tensor, g_col: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def triton_contrastive_lse_bwd(x: Tensor, y: Tensor, scale: Tensor, row_max: Tensor, row_logsum: Tensor,
+                               col_max: Tensor, col_logsum: Tensor, g_row: Tensor,
+                               g_col: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     from .triton_ops import contrastive_bwd
 
-    return contrastive_bwd(x, y, scale, row_lse, col_lse, g_row, g_col)
+    return contrastive_bwd(x, y, scale, row_max, row_logsum, col_max, col_logsum, g_row, g_col)
 
 
 @triton_contrastive_lse_bwd.register_fake
-def _(x, y, scale, row_lse, col_lse, g_row, g_col):
+def _(x, y, scale, row_max, row_logsum, col_max, col_logsum, g_row, g_col):
     return torch.empty_like(x), torch.empty_like(y), scale.new_empty((), dtype=torch.float32)
 
 
 def _setup_context(ctx, inputs, output):
     x, y, scale = inputs
+    row_max, _, col_max, _ = output
+    ctx.mark_non_differentiable(row_max, col_max)
     ctx.save_for_backward(x, y, scale, *output)
 
 
-def _backward(ctx, g_row, g_col):
-    x, y, scale, row_lse, col_lse = ctx.saved_tensors
-    g_row = torch.zeros_like(row_lse) if g_row is None else g_row
-    g_col = torch.zeros_like(col_lse) if g_col is None else g_col
-    dx, dy, dscale = triton_contrastive_lse_bwd(x, y, scale, row_lse, col_lse, g_row, g_col)
+def _backward(ctx, _g_row_max, g_row, _g_col_max, g_col):
+    x, y, scale, row_max, row_logsum, col_max, col_logsum = ctx.saved_tensors
+    g_row = torch.zeros_like(row_logsum) if g_row is None else g_row
+    g_col = torch.zeros_like(col_logsum) if g_col is None else g_col
+    dx, dy, dscale = triton_contrastive_lse_bwd(x, y, scale, row_max, row_logsum, col_max, col_logsum,
+                                                g_row, g_col)
     return dx, dy, dscale.to(scale.dtype)
 
 
@@ -62,7 +71,8 @@ def contrastive_loss(a: Tensor, c: Tensor, scale: Tensor, bias: Tensor | None, l
         return reference.contrastive_loss(a, c, scale, bias, labels, symmetric)
     if backend != "triton":
         raise ValueError(f"no {backend!r} implementation of the contrastive loss")
-    row_lse, col_lse = triton_contrastive_lse(a, c, scale.float())
+    row_max, row_logsum, col_max, col_logsum = triton_contrastive_lse(a, c, scale.float())
+    row_lse, col_lse = row_max + row_logsum, col_max + col_logsum
     pos = positive_logits(a, c, labels, scale)
     loss = (row_lse - pos).mean()
     if symmetric:

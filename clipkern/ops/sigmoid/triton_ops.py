@@ -4,7 +4,7 @@ import math
 import torch
 import triton
 
-from ..base import tile_config
+from ..base import new_output, tile_config
 from ..base.triton_tiles import dot_precision
 from .triton_kernels import _sigmoid_bwd_kernel, _sigmoid_fwd_kernel
 
@@ -22,7 +22,7 @@ def sigmoid_fwd(x, y, scale, bias, labels):
     col_blocks = triton.cdiv(N, cfg.block_n)
     cols_per = math.ceil(col_blocks / cfg.col_splits)
     grid = (triton.cdiv(M, cfg.block_m), math.ceil(col_blocks / cols_per))
-    row_part = torch.full((grid[1], M), float("nan"), device=x.device, dtype=torch.float32)
+    row_part = new_output((grid[1], M), x, torch.float32)
     _sigmoid_fwd_kernel[grid](
         x, y, scale, bias, labels, row_part,
         M, N, D, x.stride(0), y.stride(0), cols_per,
@@ -37,10 +37,10 @@ def _bwd_one_side(x, y, scale, bias, labels, g, labels_on_own: bool):
     M, D = x.shape
     N = y.shape[0]
     cfg = tile_config(M, N, D, x.device)
-    dx = torch.empty_like(x)
+    dx = new_output(x.shape, x)
     grid = (triton.cdiv(M, cfg.block_m), triton.cdiv(D, cfg.block_d))
-    dscale_part = torch.full((grid[0],), float("nan"), device=x.device, dtype=torch.float32)
-    dbias_part = torch.full((grid[0],), float("nan"), device=x.device, dtype=torch.float32)
+    dscale_part = new_output((grid[0],), x, torch.float32)
+    dbias_part = new_output((grid[0],), x, torch.float32)
     _sigmoid_bwd_kernel[grid](
         x, y, scale, bias, labels, g, dx, dscale_part, dbias_part,
         M, N, D, x.stride(0), y.stride(0), dx.stride(0),

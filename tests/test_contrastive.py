@@ -1,0 +1,97 @@
+"""Fused softmax-contrastive kernels against the float64 reference (DESIGN §1.1, §4)."""
+import pytest
+import torch
+
+import clipkern.functional as CF
+from helpers import check_against_reference, features
+
+F32, F16 = torch.float32, torch.float16
+
+
+def _case_id(c):
+    B, N, D, scale, bias, dtype = c
+    return f"B{B}-N{N}-D{D}-s{scale}-{'bias' if bias is not None else 'nobias'}-{str(dtype)[6:]}"
+
+
+CASES = (
+    [(B, B, D, 14.3, -2.0, F32) for B in (1, 2, 7, 64, 257) for D in (16, 100, 512)]
+    + [(64, 64, 100, s, b, dt) for s in (1.0, 100.0) for b in (None, 3.0) for dt in (F32, F16)]
+    + [(B, B, D, 100.0, None, F16) for B in (7, 257) for D in (16, 512)]
+    + [(7, 33, 16, 14.3, None, F32), (64, 257, 100, 100.0, 1.0, F32), (33, 130, 100, 14.3, None, F16)]
+)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_clip_loss_matches_float64_reference(case):
+    B, N, D, scale, bias, dtype = case
+    inputs = dict(image_features=features(B, D, dtype), text_features=features(N, D, dtype),
+                  logit_scale=torch.tensor(scale), logit_bias=None if bias is None else torch.tensor(bias))
+    if N != B:  # rectangular: each row's positive is a distinct random column
+        inputs["labels"] = torch.randperm(N)[:B]
+    grads = ["image_features", "text_features", "logit_scale"] + (["logit_bias"] if bias is not None else [])
+    check_against_reference(CF.clip_loss, inputs, dtype, grads)
+
+
+@pytest.mark.parametrize("B,N,D", [(7, 7, 16), (40, 100, 33), (100, 40, 33)], ids=lambda v: str(v))
+def test_rows_only_direction_matches_reference(B, N, D):
+    inputs = dict(features=features(B, D), other_features=features(N, D), logit_scale=torch.tensor(30.0),
+                  labels=torch.randint(0, N, (B,)))
+    check_against_reference(CF.clip_loss_rows, inputs, F32, ["features", "other_features", "logit_scale"])
+
+
+def test_unnormalised_features_and_repeated_labels():
+    """Kernels must not assume unit vectors; several rows may share one positive column."""
+    inputs = dict(image_features=3 * features(50, 24, normalise=False),
+                  text_features=0.5 * features(70, 24, normalise=False),
+                  logit_scale=torch.tensor(2.0), labels=torch.randint(0, 5, (50,)))
+    check_against_reference(CF.clip_loss, inputs, F32, ["image_features", "text_features", "logit_scale"])
+
+
+def test_logit_bias_gradient_is_exactly_zero():
+    bias = torch.tensor(5.0, requires_grad=True)
+    scale = torch.tensor(10.0, requires_grad=True)
+    loss = CF.clip_loss(features(20, 16), features(20, 16), scale, bias, backend="triton")
+    loss.backward()
+    assert bias.grad is not None and bias.grad.item() == 0.0
+    assert scale.grad.abs().item() > 0
+
+
+def test_bias_does_not_change_the_loss():
+    a, c = features(9, 16), features(9, 16)
+    s = torch.tensor(20.0)
+    base = CF.clip_loss(a, c, s, backend="triton")
+    torch.testing.assert_close(CF.clip_loss(a, c, s, torch.tensor(-7.0), backend="triton"), base)
+
+
+def test_large_scale_does_not_overflow():
+    """s·x up to ±1000: the online max keeps every exp in range."""
+    a, c = features(70, 16), features(70, 16)
+    loss = CF.clip_loss(a, c, torch.tensor(1000.0), backend="triton")
+    ref = CF.clip_loss(a.double(), c.double(), torch.tensor(1000.0, dtype=torch.float64), backend="reference")
+    assert torch.isfinite(loss)
+    assert abs(loss.item() - ref.item()) <= 1e-4 * (1 + abs(ref.item()))
+
+
+def test_noncontiguous_and_strided_inputs():
+    a = features(30, 64)[:, ::2]
+    c = features(60, 32).T.contiguous().T[::2]
+    inputs = dict(image_features=a, text_features=c, logit_scale=torch.tensor(14.3))
+    check_against_reference(CF.clip_loss, inputs, F32, ["image_features", "text_features", "logit_scale"])
+
+
+def test_output_is_0d_fp32_for_half_inputs():
+    loss = CF.clip_loss(features(8, 16, F16), features(8, 16, F16), torch.tensor(10.0), backend="triton")
+    assert loss.dim() == 0 and loss.dtype == torch.float32
+
+
+def test_stats_match_logsumexp():
+    """The forward's row and column statistics on their own, including the merge across splits."""
+    from clipkern.ops.contrastive import triton_contrastive_lse
+
+    a, c = features(130, 20), features(200, 20)
+    s = torch.tensor(7.0)
+    row_max, row_logsum, col_max, col_logsum = triton_contrastive_lse(a, c, s)
+    row, col = row_max + row_logsum, col_max + col_logsum
+    S = s.double() * a.double() @ c.double().T
+    torch.testing.assert_close(row.double(), S.logsumexp(1), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(col.double(), S.logsumexp(0), rtol=1e-6, atol=1e-6)
