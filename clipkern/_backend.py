@@ -12,7 +12,6 @@ between fused backends yet; it arrives with the CUDA extension.
 """
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 
@@ -30,16 +29,23 @@ def interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@functools.lru_cache(maxsize=None)
+_TRITON_IMPORT: dict[str, str | None] = {}
+
+
 def _triton_import_error() -> str | None:
-    if importlib.util.find_spec("triton") is None:
-        return "triton is not installed (pip install triton)"
-    try:
-        import triton  # noqa: F401
-        import triton.language  # noqa: F401
-    except Exception as exc:  # pragma: no cover - depends on the install
-        return f"triton failed to import: {type(exc).__name__}: {exc}"
-    return None
+    """Why triton cannot be imported (None if it can); computed once per process."""
+    if "error" not in _TRITON_IMPORT:
+        err = None
+        try:
+            if importlib.util.find_spec("triton") is None:
+                err = "triton is not installed (pip install triton)"
+            else:
+                import triton  # noqa: F401
+                import triton.language  # noqa: F401
+        except Exception as exc:  # pragma: no cover - depends on the install
+            err = f"triton failed to import: {type(exc).__name__}: {exc}"
+        _TRITON_IMPORT["error"] = err
+    return _TRITON_IMPORT["error"]
 
 
 def triton_unavailable_reason(device: torch.device | None = None) -> str | None:

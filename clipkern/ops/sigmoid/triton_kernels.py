@@ -95,7 +95,9 @@ def _sigmoid_bwd_kernel(
             g_y = tl.load(g_ptr + offs_n, mask=mask_n, other=0.0)
             logits, z = _sigmoid_tile(raw, scale, bias, offs_m, offs_n, lab_y, lab_y, False)
             g = g_y[None, :]
-        dl = -z * g / (1.0 + tl.exp(z * logits))
+        t = z * logits
+        e = tl.exp(-tl.abs(t))  # σ(−t) without overflow: e/(1+e) for t > 0, 1/(1+e) otherwise
+        dl = -z * g * tl.where(t > 0, e, 1.0) / (1.0 + e)
         dl = tl.where(mask_m[:, None] & mask_n[None, :], dl, 0.0)
         if WITH_DSCALE:
             ds_acc += tl.sum(dl * raw, axis=1)

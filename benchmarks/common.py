@@ -1,0 +1,376 @@
+"""Shared benchmark helpers: inputs, providers, timing, peak memory and FLOP rates.
+
+What is measured, everywhere in benchmarks/:
+- one step of the loss alone, forward + backward: `loss = fn(I, T, s, b); loss.backward()`, with
+  gradients for both feature matrices, logit_scale and (SigLIP) logit_bias; `.grad` is reset to None
+  before each step, so allocating the gradients is part of every step;
+- time: median and 20/80 % quantiles in ms after a warm-up (the first, untimed call also pays for
+  compilation and autotuning). CUDA: CUDA events around the step, then a synchronize, with the L2
+  cache flushed before each step. CPU: time.perf_counter around the step;
+- peak extra memory (CUDA only): torch.cuda.max_memory_allocated after reset_peak_memory_stats,
+  minus what was allocated before the step (inputs are not counted, their gradients are). It is not
+  measured on CPU and reported as None;
+- achieved TFLOP/s: 6·B·N·D useful FLOPs for fwd+bwd (DESIGN.md §5), set beside the bf16 matmul
+  rate (B×D @ D×B) measured in the same run on the same GPU.
+
+Providers (one callable `fn(image, text, logit_scale, logit_bias) -> 0-d loss` each):
+  clipkern       clipkern.functional.clip_loss / siglip_loss: `auto` on CUDA (triton), on CPU the
+                 reference backend, or triton when TRITON_INTERPRET=1 (interpreted: timing meaningless)
+  torch          clipkern.ops.*.reference, eager
+  torch.compile  torch.compile of that reference (dynamic=False: one graph per shape)
+  open_clip      open_clip.loss.ClipLoss / SigLipLoss
+  inf-cl         CLIP only: ½[cal_inf_loss(s·I, T) + cal_inf_loss(s·T, I)] (pip package inf-cl)
+A provider that cannot be built raises ProviderUnavailable with the reason; callers report it.
+"""
+from __future__ import annotations
+
+import datetime
+import gc
+import importlib.metadata
+import math
+import os
+import platform
+import re
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
+LOSSES = ("clip", "siglip")
+PROVIDERS = {
+    "clip": ("clipkern", "torch", "torch.compile", "open_clip", "inf-cl"),
+    "siglip": ("clipkern", "torch", "torch.compile", "open_clip"),
+}
+# Initial values of open_clip's models: CLIP s = 1/0.07; SigLIP s = 10, b = -10.
+INIT = {"clip": (1 / 0.07, None), "siglip": (10.0, -10.0)}
+INTERPRETED_NOTE = "TRITON_INTERPRET=1: Triton kernels interpreted on CPU, the time is meaningless"
+
+
+class ProviderUnavailable(RuntimeError):
+    """This provider cannot run here; the message says why."""
+
+
+def interpreter_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ----------------------------------------------------------------------------------------- inputs
+@dataclass
+class Inputs:
+    """Leaf tensors that need gradients: image (B×D), text (N×D), logit_scale, logit_bias (or None)."""
+
+    image: torch.Tensor
+    text: torch.Tensor
+    logit_scale: torch.Tensor
+    logit_bias: torch.Tensor | None
+
+    def args(self):
+        return self.image, self.text, self.logit_scale, self.logit_bias
+
+    def leaves(self) -> list[torch.Tensor]:
+        return [t for t in self.args() if t is not None]
+
+    def zero_grad(self) -> None:
+        for t in self.leaves():
+            t.grad = None
+
+    def grads(self) -> list[torch.Tensor | None]:
+        return [t.grad for t in self.leaves()]
+
+    def to(self, dtype: torch.dtype) -> "Inputs":
+        """A detached copy in another dtype (features only; scale and bias stay fp32, or fp64)."""
+        sdt = torch.float64 if dtype == torch.float64 else torch.float32
+        conv = lambda t, dt: None if t is None else t.detach().to(dt).requires_grad_()  # noqa: E731
+        return Inputs(conv(self.image, dtype), conv(self.text, dtype), conv(self.logit_scale, sdt),
+                      conv(self.logit_bias, sdt))
+
+
+def make_inputs(loss: str, B: int, D: int, dtype: torch.dtype, device, N: int | None = None,
+                seed: int = 0) -> Inputs:
+    """Fresh random L2-normalised features (never zeros), and open_clip's initial scale/bias."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def feats(rows):
+        x = torch.randn(rows, D, generator=gen, device=device, dtype=torch.float32)
+        return F.normalize(x, dim=-1).to(dtype).requires_grad_()
+
+    scale, bias = INIT[loss]
+    sdt = torch.float64 if dtype == torch.float64 else torch.float32
+    return Inputs(feats(B), feats(B if N is None else N),
+                  torch.tensor(scale, device=device, dtype=sdt, requires_grad=True),
+                  None if bias is None else torch.tensor(bias, device=device, dtype=sdt, requires_grad=True))
+
+
+# -------------------------------------------------------------------------------------- providers
+@dataclass
+class Provider:
+    name: str
+    loss: str
+    fn: Callable  # (image, text, logit_scale, logit_bias) -> 0-d loss
+    backend: str = ""  # what actually runs, e.g. "triton", "reference", "eager"
+    note: str = ""
+
+
+def clipkern_backend(device: torch.device) -> str:
+    """The backend the clipkern provider asks for: auto on CUDA; reference or interpreted triton on CPU."""
+    if device.type == "cuda":
+        return "auto"
+    return "triton" if interpreter_enabled() else "reference"
+
+
+def _clipkern(loss, device, dtype, D):
+    import clipkern.functional as CF
+    from clipkern import _backend
+
+    asked = clipkern_backend(device)
+    used = _backend.resolve(asked, device, dtype)  # raises with the reason if unavailable
+    note = INTERPRETED_NOTE if used == "triton" and device.type == "cpu" else ""
+    f = CF.clip_loss if loss == "clip" else CF.siglip_loss
+    return Provider("clipkern", loss, lambda i, t, s, b: f(i, t, s, b, backend=asked),
+                    used + (" (interpreted)" if note else ""), note)
+
+
+def _reference_fn(loss):
+    from clipkern.ops.contrastive.reference import contrastive_loss
+    from clipkern.ops.sigmoid.reference import sigmoid_loss
+
+    def fn(i, t, s, b):
+        labels = torch.arange(i.shape[0], device=i.device)
+        if loss == "clip":
+            return contrastive_loss(i, t, s, b, labels, True)
+        return sigmoid_loss(i, t, s, b, labels)
+
+    return fn
+
+
+def _torch(loss, device, dtype, D):
+    return Provider("torch", loss, _reference_fn(loss), "eager")
+
+
+def _torch_compile(loss, device, dtype, D):
+    return Provider("torch.compile", loss, torch.compile(_reference_fn(loss), dynamic=False), "inductor")
+
+
+def _open_clip(loss, device, dtype, D):
+    from open_clip.loss import ClipLoss, SigLipLoss
+
+    if loss == "clip":
+        mod = ClipLoss()
+        return Provider("open_clip", loss, lambda i, t, s, b: mod(i, t, s), "eager")
+    mod = SigLipLoss()
+    return Provider("open_clip", loss, lambda i, t, s, b: mod(i, t, s, b), "eager")
+
+
+def _inf_cl(loss, device, dtype, D):
+    if loss != "clip":
+        raise ProviderUnavailable("inf-cl has only the softmax (CLIP) loss")
+    from inf_cl import cal_inf_loss  # signature: cal_inf_loss(q, k, labels=None, scale=None, head_dim=256)
+
+    if device.type != "cuda":
+        raise ProviderUnavailable("inf-cl's Triton launchers assert CUDA tensors (q.is_cuda)")
+    head_dim = next((h for h in (256, 128, 64, 32, 16) if D % h == 0), None)
+    if head_dim is None:
+        raise ProviderUnavailable(f"inf-cl needs D divisible by a head_dim in 16..256, got D={D}")
+
+    # cal_inf_loss(q, k) = mean_i [lse_j(q_i·k_j) − q_i·k_i], in fp32 (it casts its inputs). We scale q
+    # ourselves: its `scale=` argument passes through a GradientGather whose backward calls
+    # dist.all_reduce, which fails without a process group. The math is the same (it computes scale*q).
+    def fn(i, t, s, b):
+        return (cal_inf_loss(s * i, t, head_dim=head_dim) + cal_inf_loss(s * t, i, head_dim=head_dim)) / 2
+
+    return Provider("inf-cl", loss, fn, f"triton, head_dim={head_dim}", "computes in fp32 (casts inputs)")
+
+
+_FACTORIES = {"clipkern": _clipkern, "torch": _torch, "torch.compile": _torch_compile,
+              "open_clip": _open_clip, "inf-cl": _inf_cl}
+
+
+def build_provider(name: str, loss: str, device: torch.device, dtype: torch.dtype, D: int) -> Provider:
+    """Build one provider, or raise ProviderUnavailable with the reason (import errors included)."""
+    try:
+        return _FACTORIES[name](loss, device, dtype, D)
+    except ProviderUnavailable:
+        raise
+    except Exception as exc:  # ImportError, BackendUnavailable, ...
+        raise ProviderUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+
+def build_providers(loss, device, dtype, D, names=None):
+    """(providers, skipped): skipped is a list of (name, reason); nothing is dropped silently."""
+    providers, skipped = [], []
+    for name in names or PROVIDERS[loss]:
+        if name not in PROVIDERS[loss]:
+            skipped.append((name, f"no {name} provider for the {loss} loss"))
+            continue
+        try:
+            providers.append(build_provider(name, loss, device, dtype, D))
+        except ProviderUnavailable as exc:
+            skipped.append((name, str(exc)))
+    return providers, skipped
+
+
+# ------------------------------------------------------------------------------- running, timing
+def step(fn, inputs: Inputs) -> torch.Tensor:
+    """One fwd+bwd step; returns the detached loss."""
+    inputs.zero_grad()
+    loss = fn(*inputs.args())
+    loss.backward()
+    return loss.detach()
+
+
+def loss_and_grads(fn, inputs: Inputs):
+    """(loss, [grad of each leaf]) of one step, for accuracy checks."""
+    loss = step(fn, inputs)
+    return loss, [None if g is None else g.detach().clone() for g in inputs.grads()]
+
+
+@dataclass
+class Timing:
+    median: float
+    q20: float
+    q80: float
+    reps: int
+
+
+def time_fwd_bwd(fn, inputs: Inputs, warmup_ms: float = 100.0, rep_ms: float = 500.0,
+                 min_reps: int = 5, max_reps: int = 200) -> Timing:
+    """Median and 20/80 % quantiles (ms) of `step(fn, inputs)`; see the module docstring."""
+    device = inputs.image.device
+    cuda = device.type == "cuda"
+    flush = torch.empty(256 * 2**20, dtype=torch.int8, device=device) if cuda else None
+
+    def once() -> float:
+        if cuda:
+            flush.zero_()  # evict the L2 cache, outside the timed window
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            step(fn, inputs)
+            end.record()
+            torch.cuda.synchronize(device)
+            return start.elapsed_time(end)
+        t0 = time.perf_counter()
+        step(fn, inputs)
+        return (time.perf_counter() - t0) * 1e3
+
+    est = once()  # the first call: compile / autotune; not counted
+    spent, n_warm = 0.0, 0
+    while n_warm < 1 or (spent < warmup_ms and n_warm < max_reps):
+        est = once()
+        spent += est
+        n_warm += 1
+    reps = int(min(max_reps, max(min_reps, rep_ms / max(est, 1e-3))))
+    q = torch.tensor([once() for _ in range(reps)], dtype=torch.float64)
+    med, q20, q80 = torch.quantile(q, torch.tensor([0.5, 0.2, 0.8], dtype=torch.float64)).tolist()
+    return Timing(med, q20, q80, reps)
+
+
+def peak_extra_mib(fn, inputs: Inputs) -> float | None:
+    """Peak CUDA memory of one step above what was allocated before it (MiB); None on CPU."""
+    device = inputs.image.device
+    if device.type != "cuda":
+        return None
+    inputs.zero_grad()
+    gc.collect()
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step(fn, inputs)
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+
+
+def is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def free_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def loss_tflops(B: int, N: int, D: int, ms: float) -> float:
+    """Achieved rate counting 6·B·N·D useful FLOPs for fwd+bwd."""
+    return 6.0 * B * N * D / (ms * 1e-3) / 1e12
+
+
+def matmul_tflops(B: int, D: int, device: torch.device, cap: int = 32768) -> tuple[float | None, int | None]:
+    """(TFLOP/s, n) of a bf16 n×D @ D×n matmul, n = min(B, cap), on CUDA; (None, None) on CPU."""
+    if device.type != "cuda":
+        return None, None
+    n = min(B, cap)
+    a = torch.randn(n, D, device=device, dtype=torch.bfloat16)
+    b = torch.randn(D, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        torch.matmul(a, b)
+    times = []
+    for _ in range(10):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        torch.matmul(a, b)
+        end.record()
+        torch.cuda.synchronize(device)
+        times.append(start.elapsed_time(end))
+    ms = sorted(times)[len(times) // 2]
+    del a, b
+    free_memory(device)
+    return 2.0 * n * n * D / (ms * 1e-3) / 1e12, n
+
+
+# ------------------------------------------------------------------------------------ environment
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def device_slug(device: torch.device) -> str:
+    """Folder name for results: the GPU name in kebab-case ('nvidia-h100-80gb-hbm3'), or 'cpu'."""
+    if device.type != "cuda":
+        return "cpu"
+    return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
+
+
+def environment(device: torch.device) -> dict:
+    """Versions, device and date, copied into every result row."""
+    import clipkern
+
+    return {
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "triton": _version("triton"),
+        "open_clip": _version("open_clip_torch"),
+        "inf_cl": _version("inf-cl"),
+        "clipkern": clipkern.__version__,
+        "triton_interpret": interpreter_enabled(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def fmt_ms(t: Timing) -> str:
+    return f"{t.median:.3g} [{t.q20:.3g}-{t.q80:.3g}]"
+
+
+def is_finite_number(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)

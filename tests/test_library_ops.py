@@ -1,0 +1,71 @@
+"""torch.library integration: opcheck on every custom op, a fullgraph torch.compile parity test,
+and a pure-Python import that needs neither triton nor a GPU."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import clipkern
+import clipkern.functional as CF
+from clipkern.ops.contrastive import triton_contrastive_lse
+from clipkern.ops.sigmoid import triton_sigmoid_rows
+from helpers import features
+
+
+def _leaf(t):
+    return t.detach().clone().requires_grad_()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_opcheck_contrastive(dtype):
+    args = (_leaf(features(9, 20, dtype)), _leaf(features(70, 20, dtype)), _leaf(torch.tensor(7.0)))
+    torch.library.opcheck(triton_contrastive_lse, args)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_opcheck_sigmoid(dtype):
+    args = (_leaf(features(9, 20, dtype)), _leaf(features(70, 20, dtype)), _leaf(torch.tensor(7.0)),
+            _leaf(torch.tensor(-3.0)), torch.randperm(70)[:9])
+    torch.library.opcheck(triton_sigmoid_rows, args)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", ["clip", "siglip"])
+def test_fullgraph_compile_matches_eager(loss, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    module = clipkern.ClipLoss(backend="triton") if loss == "clip" else clipkern.SigLipLoss(backend="triton")
+
+    def step(a, c, s, b):
+        out = module(a, c, s, b, output_dict=True)
+        return sum(out.values())
+
+    a, c = features(33, 24), features(33, 24)
+    s, b = torch.tensor(14.3), torch.tensor(-2.0)
+    eager_in = [_leaf(t) for t in (a, c, s, b)]
+    comp_in = [_leaf(t) for t in (a, c, s, b)]
+    eager = step(*eager_in)
+    compiled = torch.compile(step, fullgraph=True)(*comp_in)
+    torch.testing.assert_close(compiled, eager)
+    eager.backward()
+    compiled.backward()
+    for e, k in zip(eager_in, comp_in):
+        torch.testing.assert_close(k.grad, e.grad)
+
+
+def test_imports_without_triton():
+    code = ("import sys; sys.modules['triton'] = None\n"
+            "import torch, clipkern, clipkern.functional as F\n"
+            "a = torch.randn(5, 8); print(float(F.clip_loss(a, a, torch.tensor(2.0))))\n"
+            "from clipkern._backend import unavailable_reason\n"
+            "print(unavailable_reason('triton', torch.device('cpu')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "triton" in out.stdout.splitlines()[-1]
+
+
+def test_info_reports_every_backend():
+    out = subprocess.run([sys.executable, "-m", "clipkern.info"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for word in ("torch", "triton", "reference", "cuda", "gpu"):
+        assert word in out.stdout
