@@ -13,7 +13,7 @@ then prints a short table. What is measured: see benchmarks/common.py.
 - Defaults: on CUDA B = 1024..65536 (powers of 2), D = 768, bf16; `--huge` adds clipkern alone at
   B = 1,048,576. On CPU, tiny sizes (B = 64, 128, 256, D = 64, fp32): the clipkern provider runs the
   reference backend there, or the Triton kernels interpreted if TRITON_INTERPRET=1 is set (rows are
-  labelled; interpreted timings are meaningless). CPU timings are not what clipkern is for.
+  labelled; interpreted timings are meaningless). CPU timings are not what clipkern is for; they run on one thread unless --cpu-threads says otherwise.
 """
 from __future__ import annotations
 
@@ -39,6 +39,9 @@ def _parse(argv):
     p.add_argument("--providers", nargs="+", help="subset of providers (default: all for each loss)")
     p.add_argument("--huge", action="store_true", help=f"also run clipkern alone at B={HUGE_B:,} (CUDA)")
     p.add_argument("--rep-ms", type=float, default=None, help="time budget per measurement (ms)")
+    p.add_argument("--cpu-threads", type=int, default=1,
+                   help="torch threads on CPU (default 1: the CPU sizes are tiny, and with 2 OpenMP threads "
+                        "on a 2-vCPU VM fwd+bwd steps stalled ~90 ms each)")
     return p.parse_args(argv)
 
 
@@ -175,6 +178,8 @@ def main(argv=None) -> int:
     D = args.dim or (768 if cuda else 64)
     dtype = args.dtype or ("bf16" if cuda else "fp32")
     rep_ms = args.rep_ms or (500.0 if cuda else 200.0)
+    if not cuda:
+        torch.set_num_threads(args.cpu_threads)
     env = C.environment(device)
     out = Path(args.out) / C.device_slug(device)
     out.mkdir(parents=True, exist_ok=True)

@@ -70,14 +70,19 @@ def tile_config(rows: int, cols: int, width: int, device: torch.device) -> TileC
     memory is (row_splits·cols + col_splits·rows) floats: O(B + N).
     """
     if interpreter_enabled() or device.type != "cuda":
-        bm = bn = 64
         bk = min(128, max(16, 1 << max(width - 1, 0).bit_length()))
         bd = min(256, max(16, 1 << max(width - 1, 0).bit_length()))
-        return TileConfig(bm, bn, bk, bd, 4, 1, 1, max(1, min(2, math.ceil(cols / bn))))
-    bm, bn, bk = 128, 128, 64
+        # two splits per axis whenever possible, so the interpreter exercises both merges
+        return TileConfig(64, 64, bk, bd, 4, 1, min(2, math.ceil(rows / 64)), min(2, math.ceil(cols / 64)))
     bd = min(256, max(16, 1 << max(width - 1, 0).bit_length()))
+    sms = _sm_count(device)
+    # One block size for rows and columns, symmetric in (rows, cols): the backward's transposed call
+    # must tile S exactly like the forward did. Smaller blocks when 128-row blocks × D slices would
+    # leave SMs idle in the backward (e.g. B = 4096, D = 768: 32 × 3 = 96 < 132 programs).
+    short = min(rows, cols)
+    bm = 128 if math.ceil(short / 128) * math.ceil(width / bd) >= sms else 64
+    bn, bk = bm, 64
     row_blocks, col_blocks = math.ceil(rows / bm), math.ceil(cols / bn)
-    target = 2 * _sm_count(device)
     row_splits = min(row_blocks, 64)
-    col_splits = max(1, min(col_blocks, math.ceil(target / row_splits), 64))
-    return TileConfig(bm, bn, bk, bd, 8, 2, row_splits, col_splits)
+    col_splits = max(1, min(col_blocks, math.ceil(2 * sms / row_splits), 64))
+    return TileConfig(bm, bn, bk, bd, 8 if bm == 128 else 4, 2, row_splits, col_splits)
