@@ -142,7 +142,8 @@ def _clipkern(loss, device, dtype, D):
                     used + (" (interpreted)" if note else ""), note)
 
 
-def _reference_fn(loss):
+def reference_fn(loss):
+    """The plain torch reference (clipkern.ops.*.reference) as a provider fn, labels = arange(B)."""
     from clipkern.ops.contrastive.reference import contrastive_loss
     from clipkern.ops.sigmoid.reference import sigmoid_loss
 
@@ -156,11 +157,11 @@ def _reference_fn(loss):
 
 
 def _torch(loss, device, dtype, D):
-    return Provider("torch", loss, _reference_fn(loss), "eager")
+    return Provider("torch", loss, reference_fn(loss), "eager")
 
 
 def _torch_compile(loss, device, dtype, D):
-    return Provider("torch.compile", loss, torch.compile(_reference_fn(loss), dynamic=False), "inductor")
+    return Provider("torch.compile", loss, torch.compile(reference_fn(loss), dynamic=False), "inductor")
 
 
 def _open_clip(loss, device, dtype, D):
@@ -340,7 +341,8 @@ def _version(dist: str) -> str | None:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    n = torch.get_num_threads()
+    return f"cpu ({platform.processor() or platform.machine()}, {n} thread{'s' if n > 1 else ''})"
 
 
 def device_slug(device: torch.device) -> str:

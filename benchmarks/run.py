@@ -119,7 +119,8 @@ def plot(rows, path, title):
             bad = [r for r in rows if r["provider"] == name and r["metric"] == metric and r["status"] in ("OOM", "error")]
             if not ok:
                 continue
-            label = name + (f" ({bad[0]['status']} at B={bad[0]['B']})" if bad else "")
+            label = name + (" (Triton interpreted: time meaningless)" if ok[0]["note"] == C.INTERPRETED_NOTE else "")
+            label += f" ({bad[0]['status']} at B={bad[0]['B']})" if bad else ""
             xs = [r["B"] for r in ok]
             line, = ax.plot(xs, [r["median"] for r in ok], marker="o", label=label)
             if metric == "time_ms":
@@ -134,6 +135,8 @@ def plot(rows, path, title):
         else:
             ax.text(0.5, 0.5, "not measured on CPU" if metric == "peak_mem_mib" else "no data",
                     ha="center", va="center", transform=ax.transAxes)
+            ax.set_xticks([])
+            ax.set_yticks([])
         ax.grid(True, which="both", alpha=0.3)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()

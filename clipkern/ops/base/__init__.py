@@ -55,6 +55,33 @@ class TileConfig:
     def interpret(self) -> bool:
         return interpreter_enabled()
 
+    def kernel_args(self, dtype: torch.dtype, *, with_block_d: bool = False) -> dict:
+        """The constexpr and launch arguments every family's kernels take."""
+        from .triton_tiles import dot_precision
+
+        args = dict(BLOCK_M=self.block_m, BLOCK_N=self.block_n, BLOCK_K=self.block_k,
+                    UPCAST=self.interpret, PRECISION=dot_precision(dtype, self.interpret),
+                    num_warps=self.num_warps, num_stages=self.num_stages)
+        if with_block_d:
+            args["BLOCK_D"] = self.block_d
+        return args
+
+    def split_grid(self, rows: int, cols: int):
+        """Forward grid (row splits, column splits) with no empty split, and blocks per split."""
+        row_blocks, col_blocks = math.ceil(rows / self.block_m), math.ceil(cols / self.block_n)
+        rows_per = math.ceil(row_blocks / self.row_splits)
+        cols_per = math.ceil(col_blocks / self.col_splits)
+        return (math.ceil(row_blocks / rows_per), math.ceil(col_blocks / cols_per)), rows_per, cols_per
+
+    def slice_grid(self, rows: int, width: int):
+        """Backward grid: one program per (row block, BLOCK_D slice of the output)."""
+        return math.ceil(rows / self.block_m), math.ceil(width / self.block_d)
+
+
+def contiguous_rows(t: torch.Tensor) -> torch.Tensor:
+    """Kernels index rows by stride and assume a contiguous last dimension."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
 
 def _sm_count(device: torch.device) -> int:
     if device.type != "cuda":

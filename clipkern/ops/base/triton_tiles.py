@@ -35,6 +35,17 @@ def tile_dot(x_ptr, y_ptr, offs_x, offs_y, mask_x, mask_y, D, stride_x, stride_y
 
 
 @triton.jit
+def split_ranges(M, N, row_blocks_per_split, col_blocks_per_split,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The row-block and column-block ranges of this program's rectangle in a split grid."""
+    pid_r = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    rb_end = tl.minimum((pid_r + 1) * row_blocks_per_split, tl.cdiv(M, BLOCK_M))
+    cb_end = tl.minimum((pid_c + 1) * col_blocks_per_split, tl.cdiv(N, BLOCK_N))
+    return pid_r * row_blocks_per_split, rb_end, pid_c * col_blocks_per_split, cb_end
+
+
+@triton.jit
 def load_block(ptr, offs_r, offs_c, mask_r, mask_c, stride, UPCAST: tl.constexpr):
     """A (rows × cols) block of a row-major matrix, zero outside the bounds."""
     v = tl.load(ptr + offs_r[:, None] * stride + offs_c[None, :],
@@ -42,6 +53,13 @@ def load_block(ptr, offs_r, offs_c, mask_r, mask_c, stride, UPCAST: tl.constexpr
     if UPCAST:
         v = v.to(tl.float32)
     return v
+
+
+@triton.jit
+def store_block(ptr, vals, offs_r, offs_c, mask_r, mask_c, stride):
+    """Store a (rows × cols) block into a row-major matrix, cast to its element type."""
+    tl.store(ptr + offs_r[:, None] * stride + offs_c[None, :], vals.to(ptr.dtype.element_ty),
+             mask=mask_r[:, None] & mask_c[None, :])
 
 
 def dot_precision(dtype, interpret: bool) -> str:

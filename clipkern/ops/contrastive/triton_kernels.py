@@ -28,7 +28,7 @@ The label terms (−S[i, y_i], ½ weights, means) are not in the kernels: see op
 import triton
 import triton.language as tl
 
-from ..base.triton_tiles import load_block, tile_dot
+from ..base.triton_tiles import load_block, split_ranges, store_block, tile_dot
 
 
 @triton.jit
@@ -41,14 +41,14 @@ def _contrastive_fwd_kernel(
     pid_r = tl.program_id(0)
     pid_c = tl.program_id(1)
     scale = tl.load(scale_ptr).to(tl.float32)
-    rb_end = tl.minimum((pid_r + 1) * row_blocks_per_split, tl.cdiv(M, BLOCK_M))
-    cb_end = tl.minimum((pid_c + 1) * col_blocks_per_split, tl.cdiv(N, BLOCK_N))
-    for rb in range(pid_r * row_blocks_per_split, rb_end):
+    rb_start, rb_end, cb_start, cb_end = split_ranges(M, N, row_blocks_per_split, col_blocks_per_split,
+                                                      BLOCK_M, BLOCK_N)
+    for rb in range(rb_start, rb_end):
         offs_m = rb * BLOCK_M + tl.arange(0, BLOCK_M)
         mask_m = offs_m < M
         m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
         l_i = tl.zeros((BLOCK_M,), tl.float32)
-        for cb in range(pid_c * col_blocks_per_split, cb_end):
+        for cb in range(cb_start, cb_end):
             offs_n = cb * BLOCK_N + tl.arange(0, BLOCK_N)
             mask_n = offs_n < N
             s = scale * tile_dot(x_ptr, y_ptr, offs_m, offs_n, mask_m, mask_n, D, stride_x, stride_y,
@@ -114,9 +114,7 @@ def _contrastive_bwd_kernel(
             ds_acc += tl.sum(ds * raw, axis=1)
         y_d = load_block(y_ptr, offs_n, offs_d, mask_n, mask_d, stride_y, UPCAST)
         acc = tl.dot(ds.to(y_d.dtype), y_d, acc, input_precision=PRECISION)
-    dx = acc * scale
-    tl.store(dx_ptr + offs_m[:, None] * stride_dx + offs_d[None, :],
-             dx.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
+    store_block(dx_ptr, acc * scale, offs_m, offs_d, mask_m, mask_d, stride_dx)
     if WITH_DSCALE:
         if pid_d == 0:
             tl.store(dscale_part_ptr + pid_m, tl.sum(ds_acc, axis=0))

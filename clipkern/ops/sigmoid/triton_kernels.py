@@ -17,7 +17,7 @@ is evaluated inside the tile, so −log σ(+L) is never formed as a difference o
 import triton
 import triton.language as tl
 
-from ..base.triton_tiles import load_block, tile_dot
+from ..base.triton_tiles import load_block, split_ranges, store_block, tile_dot
 
 
 @triton.jit
@@ -35,29 +35,30 @@ def _sigmoid_tile(raw, scale, bias, offs_x, offs_y, lab_x, lab_y, LABELS_ON_OWN:
 @triton.jit
 def _sigmoid_fwd_kernel(
     x_ptr, y_ptr, scale_ptr, bias_ptr, labels_ptr, row_part_ptr,
-    M, N, D, stride_x, stride_y, col_blocks_per_split,
+    M, N, D, stride_x, stride_y, row_blocks_per_split, col_blocks_per_split,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
     pid_c = tl.program_id(1)
     scale = tl.load(scale_ptr).to(tl.float32)
     bias = tl.load(bias_ptr).to(tl.float32)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < M
-    lab = tl.load(labels_ptr + offs_m, mask=mask_m, other=-1)
-    acc = tl.zeros((BLOCK_M,), tl.float32)
-    cb_end = tl.minimum((pid_c + 1) * col_blocks_per_split, tl.cdiv(N, BLOCK_N))
-    for cb in range(pid_c * col_blocks_per_split, cb_end):
-        offs_n = cb * BLOCK_N + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < N
-        raw = tile_dot(x_ptr, y_ptr, offs_m, offs_n, mask_m, mask_n, D, stride_x, stride_y,
-                       BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, PRECISION)
-        logits, z = _sigmoid_tile(raw, scale, bias, offs_m, offs_n, lab, lab, True)
-        t = -z * logits
-        sp = tl.maximum(t, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(t)))
-        acc += tl.sum(tl.where(mask_n[None, :], sp, 0.0), axis=1)
-    tl.store(row_part_ptr + pid_c * M + offs_m, acc, mask=mask_m)
+    rb_start, rb_end, cb_start, cb_end = split_ranges(M, N, row_blocks_per_split, col_blocks_per_split,
+                                                      BLOCK_M, BLOCK_N)
+    for rb in range(rb_start, rb_end):
+        offs_m = rb * BLOCK_M + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < M
+        lab = tl.load(labels_ptr + offs_m, mask=mask_m, other=-1)
+        acc = tl.zeros((BLOCK_M,), tl.float32)
+        for cb in range(cb_start, cb_end):
+            offs_n = cb * BLOCK_N + tl.arange(0, BLOCK_N)
+            mask_n = offs_n < N
+            raw = tile_dot(x_ptr, y_ptr, offs_m, offs_n, mask_m, mask_n, D, stride_x, stride_y,
+                           BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, PRECISION)
+            logits, z = _sigmoid_tile(raw, scale, bias, offs_m, offs_n, lab, lab, True)
+            t = -z * logits
+            sp = tl.maximum(t, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(t)))
+            acc += tl.sum(tl.where(mask_n[None, :], sp, 0.0), axis=1)
+        tl.store(row_part_ptr + pid_c * M + offs_m, acc, mask=mask_m)
 
 
 @triton.jit
@@ -104,9 +105,7 @@ def _sigmoid_bwd_kernel(
             db_acc += tl.sum(dl, axis=1)
         y_d = load_block(y_ptr, offs_n, offs_d, mask_n, mask_d, stride_y, UPCAST)
         acc = tl.dot(dl.to(y_d.dtype), y_d, acc, input_precision=PRECISION)
-    dx = acc * scale
-    tl.store(dx_ptr + offs_m[:, None] * stride_dx + offs_d[None, :],
-             dx.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
+    store_block(dx_ptr, acc * scale, offs_m, offs_d, mask_m, mask_d, stride_dx)
     if WITH_DSCALE:
         if pid_d == 0:
             tl.store(dscale_part_ptr + pid_m, tl.sum(ds_acc, axis=0))
