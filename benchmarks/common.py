@@ -27,7 +27,6 @@ from __future__ import annotations
 import datetime
 import gc
 import importlib.metadata
-import math
 import os
 import platform
 import re
@@ -143,17 +142,21 @@ def _clipkern(loss, device, dtype, D):
 
 
 def reference_fn(loss):
-    """The plain torch reference (clipkern.ops.*.reference) as a provider fn, labels = arange(B)."""
-    from clipkern.ops.contrastive.reference import contrastive_loss
+    """The plain torch reference (clipkern.ops.*.reference) as a provider fn, labels = arange(B).
+    One code object per loss, so torch.compile's per-code graph cache is not shared between losses."""
+    if loss == "clip":
+        from clipkern.ops.contrastive.reference import contrastive_loss
+
+        def clip_reference(i, t, s, b):
+            return contrastive_loss(i, t, s, b, torch.arange(i.shape[0], device=i.device), True)
+
+        return clip_reference
     from clipkern.ops.sigmoid.reference import sigmoid_loss
 
-    def fn(i, t, s, b):
-        labels = torch.arange(i.shape[0], device=i.device)
-        if loss == "clip":
-            return contrastive_loss(i, t, s, b, labels, True)
-        return sigmoid_loss(i, t, s, b, labels)
+    def siglip_reference(i, t, s, b):
+        return sigmoid_loss(i, t, s, b, torch.arange(i.shape[0], device=i.device))
 
-    return fn
+    return siglip_reference
 
 
 def _torch(loss, device, dtype, D):
@@ -161,6 +164,9 @@ def _torch(loss, device, dtype, D):
 
 
 def _torch_compile(loss, device, dtype, D):
+    # dynamic=False compiles one graph per B. Dynamo keeps at most `recompile_limit` (8) graphs per
+    # code object and then silently runs eager: raise the limit so a long sweep stays compiled.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     return Provider("torch.compile", loss, torch.compile(reference_fn(loss), dynamic=False), "inductor")
 
 
@@ -354,8 +360,12 @@ def device_slug(device: torch.device) -> str:
 
 def environment(device: torch.device) -> dict:
     """Versions, device and date, copied into every result row."""
-    import clipkern
+    try:
+        import clipkern
 
+        ck = clipkern.__version__
+    except Exception as exc:  # noqa: BLE001 - the clipkern provider reports the details
+        ck = f"import failed: {type(exc).__name__}"
     return {
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "device": device_name(device),
@@ -364,15 +374,7 @@ def environment(device: torch.device) -> dict:
         "triton": _version("triton"),
         "open_clip": _version("open_clip_torch"),
         "inf_cl": _version("inf-cl"),
-        "clipkern": clipkern.__version__,
+        "clipkern": ck,
         "triton_interpret": interpreter_enabled(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-
-
-def fmt_ms(t: Timing) -> str:
-    return f"{t.median:.3g} [{t.q20:.3g}-{t.q80:.3g}]"
-
-
-def is_finite_number(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

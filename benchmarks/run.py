@@ -13,7 +13,8 @@ then prints a short table. What is measured: see benchmarks/common.py.
 - Defaults: on CUDA B = 1024..65536 (powers of 2), D = 768, bf16; `--huge` adds clipkern alone at
   B = 1,048,576. On CPU, tiny sizes (B = 64, 128, 256, D = 64, fp32): the clipkern provider runs the
   reference backend there, or the Triton kernels interpreted if TRITON_INTERPRET=1 is set (rows are
-  labelled; interpreted timings are meaningless). CPU timings are not what clipkern is for; they run on one thread unless --cpu-threads says otherwise.
+  labelled; interpreted timings are meaningless). CPU timings are not what clipkern is for; they
+  run on one thread unless --cpu-threads says otherwise.
 """
 from __future__ import annotations
 
@@ -66,6 +67,8 @@ def run_loss(loss, sizes, D, dtype_name, device, env, names=None, huge=False, re
     if huge:
         plan += [(HUGE_B, [p for p in providers if p.name == "clipkern"])]
     for B, provs in plan:
+        if not provs:
+            continue
         inputs = C.make_inputs(loss, B, D, dtype, device, seed=B)
         mm, mm_n = C.matmul_tflops(B, D, device)
         for p in provs:

@@ -25,7 +25,9 @@ class _LabelCache:
         self.prev_num_logits = 0
         self.labels = {}
 
-    def get_ground_truth(self, device, num_logits, offset=0) -> torch.Tensor:
+    def _labels(self, device, num_logits, offset=0) -> torch.Tensor:
+        """arange(num_logits) + offset, cached per device when cache_labels (offsets are fixed per
+        module: they depend only on rank and the local batch)."""
         if self.prev_num_logits != num_logits or device not in self.labels:
             labels = torch.arange(offset, offset + num_logits, device=device, dtype=torch.long)
             if self.cache_labels:
@@ -54,6 +56,11 @@ class ClipLoss(_LabelCache, nn.Module):
         self.backend = backend
         self._init_cache(cache_labels)
 
+    def get_ground_truth(self, device, num_logits) -> torch.Tensor:
+        """open_clip's ClipLoss.get_ground_truth: the positive column of each local row."""
+        offset = num_logits * self.rank if self.world_size > 1 and self.local_loss else 0
+        return self._labels(device, num_logits, offset)
+
     def forward(self, image_features, text_features, logit_scale, logit_bias=None, output_dict=False):
         check_pair("image_features", image_features, "text_features", text_features)
         check_same_batch("image_features", image_features, "text_features", text_features)
@@ -63,8 +70,7 @@ class ClipLoss(_LabelCache, nn.Module):
                 gather_with_grad=self.gather_with_grad, rank=self.rank, world_size=self.world_size,
                 use_horovod=self.use_horovod)
             if self.local_loss:
-                rows = image_features.shape[0]
-                labels = self.get_ground_truth(image_features.device, rows, offset=rows * self.rank)
+                labels = self.get_ground_truth(image_features.device, image_features.shape[0])
                 loss = (F.clip_loss_rows(image_features, all_text, logit_scale, logit_bias, labels=labels,
                                          backend=self.backend)
                         + F.clip_loss_rows(text_features, all_image, logit_scale, logit_bias, labels=labels,
@@ -108,11 +114,11 @@ class SigLipLoss(_LabelCache, nn.Module):
 
             _require_initialised(self.world_size)
             all_text = all_gather_with_grad(text_features)
-            labels = self.get_ground_truth(device, rows, offset=rows * self.rank)
+            labels = self._labels(device, rows, offset=rows * self.rank)
             loss = F.siglip_loss(image_features, all_text, logit_scale, logit_bias, labels=labels,
                                  backend=self.backend)
         else:
-            labels = self.get_ground_truth(device, rows)
+            labels = self._labels(device, rows)
             loss = F.siglip_loss(image_features, text_features, logit_scale, logit_bias, labels=labels,
                                  backend=self.backend)
         return {"contrastive_loss": loss} if output_dict else loss
