@@ -215,6 +215,8 @@ def _worker_main(argv) -> int:
     p.add_argument("dtype")
     p.add_argument("--open-clip", action="store_true")
     args = p.parse_args(argv)
+    if args.rank < 0:  # launched by torchrun: it sets RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT
+        args.rank, args.world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
 
     import torch.distributed as dist
 
@@ -330,3 +332,17 @@ def test_world_size_without_process_group_raises(make):
 if __name__ == "__main__" and "--worker" in sys.argv[1:]:
     # An uncaught exception prints its traceback to stderr (the rank's log) and exits 1.
     sys.exit(_worker_main(sys.argv[1:]))
+
+
+@pytest.mark.slow
+def test_torchrun_launch(tmp_path):
+    """The way users launch: torchrun (standalone rendezvous on loopback), 2 CPU processes, gloo."""
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", TRITON_INTERPRET="1",
+               PYTHONPATH=os.pathsep.join(p for p in (str(PKG_ROOT), os.environ.get("PYTHONPATH", "")) if p))
+    env.pop("CLIPKERN_BACKEND", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(Path(__file__).resolve()), "--worker", "-1", "-1", "env://", "reference", "float64"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S, env=env,
+                         cwd=str(PKG_ROOT), stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, f"torchrun failed (exit {out.returncode}):\n{out.stdout[-6000:]}\n{out.stderr[-6000:]}"
+    assert "rank 0: ok" in out.stdout and "rank 1: ok" in out.stdout
