@@ -27,7 +27,6 @@ from __future__ import annotations
 import datetime
 import gc
 import importlib.metadata
-import os
 import platform
 import re
 import time
@@ -36,6 +35,8 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from clipkern._backend import interpreter_enabled  # noqa: F401  (re-exported for run.py/demo.py)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
 LOSSES = ("clip", "siglip")
@@ -50,10 +51,6 @@ INTERPRETED_NOTE = "TRITON_INTERPRET=1: Triton kernels interpreted on CPU, the t
 
 class ProviderUnavailable(RuntimeError):
     """This provider cannot run here; the message says why."""
-
-
-def interpreter_enabled() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def pick_device() -> torch.device:

@@ -68,9 +68,9 @@ def _open_clip_loss_module():
 
 
 def _triton_why_not() -> str | None:
-    if importlib.util.find_spec("triton") is None:
-        return "triton is not installed"
-    return None
+    from clipkern._backend import triton_unavailable_reason
+
+    return triton_unavailable_reason(torch.device("cpu"))
 
 
 # =============================================================================================

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import clipkern
-import clipkern.functional as CF
 from clipkern.ops.contrastive import triton_contrastive_lse
 from clipkern.ops.sigmoid import triton_sigmoid_rows
 from helpers import features
