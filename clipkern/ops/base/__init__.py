@@ -28,6 +28,14 @@ def zero_grad_term(bias: torch.Tensor | None) -> torch.Tensor | float:
     return 0.0 if bias is None else bias.float().reshape(()) * 0.0
 
 
+def merge_stats(m_part: torch.Tensor, l_part: torch.Tensor):
+    """(splits, K) partial online-softmax statistics (max, sum of exp(x − max)) -> (max, log sum)
+    per column. Splits that saw nothing hold (−inf, 0) and drop out."""
+    m = m_part.amax(dim=0)
+    safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    return m, (l_part * (m_part - safe).exp()).sum(dim=0).log()
+
+
 def new_output(shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Output buffer for a kernel. With CLIPKERN_NAN_FILL=1 (the tests set it) it starts as NaN so
     that an element the kernel forgot to write shows up."""

@@ -46,6 +46,29 @@ def split_ranges(M, N, row_blocks_per_split, col_blocks_per_split,
 
 
 @triton.jit
+def row_stats_update(m_i, l_i, s, mask_n):
+    """Online softmax statistics along a tile's rows: running max m_i, running Σ exp(s − m_i)."""
+    s_r = tl.where(mask_n[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s_r, axis=1))
+    l_new = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(s_r - m_new[:, None]), axis=1)
+    return m_new, l_new
+
+
+@triton.jit
+def col_stats_merge(col_m_ptr, col_l_ptr, s, offs_n, mask_m, mask_n):
+    """Merge a tile's column statistics (over its valid rows) into partials held in global memory.
+    The caller owns those partial columns exclusively (no atomics)."""
+    s_c = tl.where(mask_m[:, None], s, float("-inf"))
+    t_m = tl.max(s_c, axis=0)
+    t_l = tl.sum(tl.exp(s_c - t_m[None, :]), axis=0)
+    p_m = tl.load(col_m_ptr + offs_n, mask=mask_n, other=float("-inf"))
+    p_l = tl.load(col_l_ptr + offs_n, mask=mask_n, other=0.0)
+    n_m = tl.maximum(p_m, t_m)
+    tl.store(col_m_ptr + offs_n, n_m, mask=mask_n)
+    tl.store(col_l_ptr + offs_n, p_l * tl.exp(p_m - n_m) + t_l * tl.exp(t_m - n_m), mask=mask_n)
+
+
+@triton.jit
 def load_block(ptr, offs_r, offs_c, mask_r, mask_c, stride, UPCAST: tl.constexpr):
     """A (rows × cols) block of a row-major matrix, zero outside the bounds."""
     v = tl.load(ptr + offs_r[:, None] * stride + offs_c[None, :],

@@ -28,7 +28,8 @@ The label terms (−S[i, y_i], ½ weights, means) are not in the kernels: see op
 import triton
 import triton.language as tl
 
-from ..base.triton_tiles import load_block, split_ranges, store_block, tile_dot
+from ..base.triton_tiles import (col_stats_merge, load_block, row_stats_update, split_ranges, store_block,
+                                 tile_dot)
 
 
 @triton.jit
@@ -53,22 +54,8 @@ def _contrastive_fwd_kernel(
             mask_n = offs_n < N
             s = scale * tile_dot(x_ptr, y_ptr, offs_m, offs_n, mask_m, mask_n, D, stride_x, stride_y,
                                  BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, PRECISION)
-            # rows: online max/sum over this tile's valid columns
-            s_r = tl.where(mask_n[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s_r, axis=1))
-            l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(s_r - m_new[:, None]), axis=1)
-            m_i = m_new
-            # columns: tile statistics over valid rows, merged into this row split's partials
-            s_c = tl.where(mask_m[:, None], s, float("-inf"))
-            t_m = tl.max(s_c, axis=0)
-            t_l = tl.sum(tl.exp(s_c - t_m[None, :]), axis=0)
-            col_off = pid_r * N + offs_n
-            p_m = tl.load(col_m_part_ptr + col_off, mask=mask_n, other=float("-inf"))
-            p_l = tl.load(col_l_part_ptr + col_off, mask=mask_n, other=0.0)
-            n_m = tl.maximum(p_m, t_m)
-            n_l = p_l * tl.exp(p_m - n_m) + t_l * tl.exp(t_m - n_m)
-            tl.store(col_m_part_ptr + col_off, n_m, mask=mask_n)
-            tl.store(col_l_part_ptr + col_off, n_l, mask=mask_n)
+            m_i, l_i = row_stats_update(m_i, l_i, s, mask_n)
+            col_stats_merge(col_m_part_ptr + pid_r * N, col_l_part_ptr + pid_r * N, s, offs_n, mask_m, mask_n)
         tl.store(row_m_part_ptr + pid_c * M + offs_m, m_i, mask=mask_m)
         tl.store(row_l_part_ptr + pid_c * M + offs_m, l_i, mask=mask_m)
 

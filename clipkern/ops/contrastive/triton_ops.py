@@ -1,15 +1,8 @@
 """Launchers for the contrastive kernels. They allocate their outputs and never write into inputs."""
 import torch
 
-from ..base import contiguous_rows, new_output, tile_config
+from ..base import contiguous_rows, merge_stats, new_output, tile_config
 from .triton_kernels import _contrastive_bwd_kernel, _contrastive_fwd_kernel
-
-
-def _merge(m_part: torch.Tensor, l_part: torch.Tensor):
-    """(splits, K) partial (max, sum) -> (max, log sum) per column of the partials."""
-    m = m_part.amax(dim=0)
-    safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    return m, (l_part * (m_part - safe).exp()).sum(dim=0).log()
 
 
 def contrastive_fwd(x: torch.Tensor, y: torch.Tensor, scale: torch.Tensor):
@@ -26,7 +19,7 @@ def contrastive_fwd(x: torch.Tensor, y: torch.Tensor, scale: torch.Tensor):
     _contrastive_fwd_kernel[grid](
         x, y, scale, row_m, row_l, col_m, col_l,
         M, N, D, x.stride(0), y.stride(0), rows_per, cols_per, **cfg.kernel_args(x.dtype))
-    return (*_merge(row_m, row_l), *_merge(col_m, col_l))
+    return (*merge_stats(row_m, row_l), *merge_stats(col_m, col_l))
 
 
 def _bwd_one_side(x, y, scale, stats_x, g_x, stats_y, g_y, transposed: bool):
