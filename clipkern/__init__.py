@@ -5,7 +5,7 @@
 """
 from . import functional
 from ._backend import BACKENDS, BackendUnavailable
-from .losses import ClipLoss, SigLipLoss
+from .losses import AlignClipLoss, ClipLoss, ParaClipLoss, SigLipLoss
 
 __version__ = "0.1.0"
-__all__ = ["ClipLoss", "SigLipLoss", "functional", "BACKENDS", "BackendUnavailable", "__version__"]
+__all__ = ["ClipLoss", "SigLipLoss", "AlignClipLoss", "ParaClipLoss", "functional", "BACKENDS", "BackendUnavailable", "__version__"]

@@ -7,11 +7,13 @@ from __future__ import annotations
 import torch
 
 from . import _backend
-from ._checks import as_scalar, check_labels, check_pair
+from ._checks import as_scalar, check_features, check_labels, check_pair, check_same_batch
 from .ops.contrastive import contrastive_loss as _contrastive
+from .ops.imsep import imsep_single as _imsep_single
 from .ops.sigmoid import sigmoid_loss as _sigmoid
 
-__all__ = ["clip_loss", "siglip_loss"]
+__all__ = ["clip_loss", "clip_loss_rows", "siglip_loss", "imsep_loss"]
+IMSEP_MODALITIES = ("image", "text")
 
 
 def _out(loss: torch.Tensor) -> torch.Tensor:
@@ -69,3 +71,37 @@ def siglip_loss(image_features, text_features, logit_scale, logit_bias, *, label
     scale, bias, labels, be = _prepare("image_features", image_features, "text_features", text_features,
                                        logit_scale, logit_bias, labels, backend)
     return _out(_sigmoid(image_features, text_features, scale, bias, labels, be))
+
+
+def _check_modalities(modalities) -> tuple[str, ...]:
+    names = (modalities,) if isinstance(modalities, str) else tuple(modalities)
+    unknown = [m for m in names if m not in IMSEP_MODALITIES]
+    if not names or unknown or len(set(names)) != len(names):
+        raise ValueError(f"modalities must be a non-empty subset of {IMSEP_MODALITIES} without repeats, "
+                         f"got {modalities!r}")
+    return names
+
+
+def imsep_loss(image_features, text_features, semantic_features, logit_scale, *, modalities=("image",),
+               backend="auto") -> torch.Tensor:
+    """AlignCLIP's intra-modality separation loss, fused (no B×B buffer).
+
+    For each modality X in `modalities` (the other one is Y): M[i, j] = (X_i·X_j)·(1 − Û_i·Û_j) for
+    i ≠ j, M[i, i] = X_i·Y_i, loss_X = CE_rows(logit_scale·M). Returns the sum over the modalities:
+    ("image",) is the paper's default, ("image", "text") what the seed's README runs.
+    semantic_features (B×K, e.g. a frozen sentence encoder's caption embeddings; normalised here)
+    are constants: any gradient request on them is ignored.
+    """
+    check_pair("image_features", image_features, "text_features", text_features)
+    check_same_batch("image_features", image_features, "text_features", text_features)
+    check_features("semantic_features", semantic_features)
+    check_same_batch("image_features", image_features, "semantic_features", semantic_features)
+    if semantic_features.device != image_features.device:
+        raise ValueError(f"semantic_features is on {semantic_features.device} but the features are on "
+                         f"{image_features.device}")
+    names = _check_modalities(modalities)
+    scale = as_scalar("logit_scale", logit_scale, image_features)
+    be = _backend.resolve(backend, image_features.device, image_features.dtype)
+    semantic = semantic_features.detach()
+    pairs = {"image": (image_features, text_features), "text": (text_features, image_features)}
+    return _out(sum(_imsep_single(*pairs[m], semantic, scale, be) for m in names))

@@ -122,3 +122,57 @@ class SigLipLoss(_LabelCache, nn.Module):
             loss = F.siglip_loss(image_features, text_features, logit_scale, logit_bias, labels=labels,
                                  backend=self.backend)
         return {"contrastive_loss": loss} if output_dict else loss
+
+
+class AlignClipLoss(nn.Module):
+    """AlignCLIP's objective: alpha·(CE_rows(S) + CE_rows(Sᵀ)) + beta·IMSep (DESIGN §1.5).
+
+    Note the *sum* of the two CE directions (the seed code's choice): the first term is
+    2·alpha·ClipLoss. forward(image_features, text_features, semantic_features, logit_scale,
+    logit_bias=None, output_dict=False); output_dict gives {"contrastive_loss", "imsep_loss"}.
+    One process only in this release (world_size > 1 is refused).
+    """
+
+    def __init__(self, alpha=1.0, beta=0.5, modalities=("image",), cache_labels=False, rank=0, world_size=1,
+                 *, backend="auto"):
+        super().__init__()
+        if world_size != 1:
+            raise ValueError(f"AlignClipLoss supports world_size=1 only in this release, got world_size={world_size}")
+        self.alpha, self.beta = float(alpha), float(beta)
+        self.modalities = F._check_modalities(modalities)
+        self.clip = ClipLoss(cache_labels=cache_labels, rank=rank, world_size=world_size, backend=backend)
+        self.backend = backend
+
+    def forward(self, image_features, text_features, semantic_features, logit_scale, logit_bias=None,
+                output_dict=False):
+        contrastive = 2 * self.alpha * self.clip(image_features, text_features, logit_scale, logit_bias)
+        imsep = self.beta * F.imsep_loss(image_features, text_features, semantic_features, logit_scale,
+                                         modalities=self.modalities, backend=self.backend)
+        if output_dict:
+            return {"contrastive_loss": contrastive, "imsep_loss": imsep}
+        return contrastive + imsep
+
+
+class ParaClipLoss(nn.Module):
+    """ParaCLIP's three symmetric CLIP losses with equal weights (DESIGN §1.6):
+    CLIP(image, para2) + CLIP(caption, para1) + CLIP(para1, para2), each on the fused kernel.
+
+    Constructor arguments are ClipLoss's (distributed gathering included). output_dict gives
+    {"image_para_loss", "caption_para_loss", "para_para_loss"}. Freezing the image tower is the
+    training loop's job.
+    """
+
+    def __init__(self, local_loss=False, gather_with_grad=False, cache_labels=False, rank=0, world_size=1,
+                 use_horovod=False, *, backend="auto"):
+        super().__init__()
+        self.clip = ClipLoss(local_loss, gather_with_grad, cache_labels, rank, world_size, use_horovod,
+                             backend=backend)
+
+    def forward(self, image_features, caption_features, para1_features, para2_features, logit_scale,
+                output_dict=False):
+        terms = {
+            "image_para_loss": self.clip(image_features, para2_features, logit_scale),
+            "caption_para_loss": self.clip(caption_features, para1_features, logit_scale),
+            "para_para_loss": self.clip(para1_features, para2_features, logit_scale),
+        }
+        return terms if output_dict else sum(terms.values())
