@@ -39,13 +39,30 @@ import torch.nn.functional as F
 from clipkern._backend import interpreter_enabled  # noqa: F401  (re-exported for run.py/demo.py)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
-LOSSES = ("clip", "siglip")
+LOSSES = ("clip", "siglip")  # the open_clip drop-ins (the demo compares these with open_clip)
+BENCH_LOSSES = LOSSES + ("imsep",)  # every family the sweep and the pytest-benchmark suite cover
 PROVIDERS = {
     "clip": ("clipkern", "torch", "torch.compile", "open_clip", "inf-cl"),
     "siglip": ("clipkern", "torch", "torch.compile", "open_clip"),
+    "imsep": ("clipkern", "torch", "torch.compile"),
 }
-# Initial values of open_clip's models: CLIP s = 1/0.07; SigLIP s = 10, b = -10.
-INIT = {"clip": (1 / 0.07, None), "siglip": (10.0, -10.0)}
+# Initial values of open_clip's models: CLIP s = 1/0.07; SigLIP s = 10, b = -10. IMSep uses CLIP's.
+INIT = {"clip": (1 / 0.07, None), "siglip": (10.0, -10.0), "imsep": (1 / 0.07, None)}
+SEMANTIC_WIDTH = 384  # all-MiniLM-L6-v2, the sentence encoder AlignCLIP's recipe uses
+
+
+@torch.compiler.disable
+def semantic_features(rows: int, device) -> torch.Tensor:
+    """IMSep's constant caption embeddings (B × 384): fixed random unit rows, cached per (B, device)."""
+    key = (rows, str(device))
+    if key not in _SEMANTIC:
+        gen = torch.Generator(device=device).manual_seed(1234)
+        u = torch.randn(rows, SEMANTIC_WIDTH, generator=gen, device=device)
+        _SEMANTIC[key] = F.normalize(u, dim=-1)
+    return _SEMANTIC[key]
+
+
+_SEMANTIC: dict = {}
 INTERPRETED_NOTE = "TRITON_INTERPRET=1: Triton kernels interpreted on CPU, the time is meaningless"
 
 
@@ -133,7 +150,11 @@ def _clipkern(loss, device, dtype, D):
     asked = clipkern_backend(device)
     used = _backend.resolve(asked, device, dtype)  # raises with the reason if unavailable
     note = INTERPRETED_NOTE if used == "triton" and device.type == "cpu" else ""
-    f = CF.clip_loss if loss == "clip" else CF.siglip_loss
+    if loss == "imsep":
+        def f(i, t, s, b, backend):
+            return CF.imsep_loss(i, t, semantic_features(i.shape[0], i.device), s, backend=backend)
+    else:
+        f = CF.clip_loss if loss == "clip" else CF.siglip_loss
     return Provider("clipkern", loss, lambda i, t, s, b: f(i, t, s, b, backend=asked),
                     used + (" (interpreted)" if note else ""), note)
 
@@ -148,6 +169,13 @@ def reference_fn(loss):
             return contrastive_loss(i, t, s, b, torch.arange(i.shape[0], device=i.device), True)
 
         return clip_reference
+    if loss == "imsep":
+        from clipkern.ops.imsep.reference import imsep_single
+
+        def imsep_reference(i, t, s, b):
+            return imsep_single(i, t, semantic_features(i.shape[0], i.device), s)
+
+        return imsep_reference
     from clipkern.ops.sigmoid.reference import sigmoid_loss
 
     def siglip_reference(i, t, s, b):
@@ -305,9 +333,17 @@ def free_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def loss_tflops(B: int, N: int, D: int, ms: float) -> float:
-    """Achieved rate counting 6·B·N·D useful FLOPs for fwd+bwd."""
-    return 6.0 * B * N * D / (ms * 1e-3) / 1e12
+def useful_flops(loss: str, B: int, N: int, D: int) -> float:
+    """Useful fwd+bwd FLOPs. CLIP/SigLIP: 6·B·N·D (S, dI, dT; DESIGN.md §5). IMSep (B = N): the
+    Gram X Xᵀ and the semantic Gram Û Ûᵀ in the forward, and dX = E·X in the backward."""
+    if loss == "imsep":
+        return 2.0 * B * B * (2 * D + SEMANTIC_WIDTH)
+    return 6.0 * B * N * D
+
+
+def loss_tflops(loss: str, B: int, N: int, D: int, ms: float) -> float:
+    """Achieved rate: useful_flops / time."""
+    return useful_flops(loss, B, N, D) / (ms * 1e-3) / 1e12
 
 
 def matmul_tflops(B: int, D: int, device: torch.device, cap: int = 32768) -> tuple[float | None, int | None]:

@@ -33,7 +33,7 @@ HUGE_B = 1 << 20
 def _parse(argv):
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="results folder; files go to OUT/<gpu-slug>/")
-    p.add_argument("--loss", nargs="+", choices=C.LOSSES, default=list(C.LOSSES))
+    p.add_argument("--loss", nargs="+", choices=C.BENCH_LOSSES, default=list(C.BENCH_LOSSES))
     p.add_argument("--batch-sizes", nargs="+", type=int, help="default: 1024..65536 on CUDA, 64 128 256 on CPU")
     p.add_argument("--dim", type=int, help="D; default 768 on CUDA, 64 on CPU")
     p.add_argument("--dtype", choices=sorted(C.DTYPES), help="default bf16 on CUDA, fp32 on CPU")
@@ -95,7 +95,7 @@ def run_loss(loss, sizes, D, dtype_name, device, env, names=None, huge=False, re
             ran.add(p.name)
             print(f"{t.median:10.3f} ms", file=sys.stderr)
             rows.append(_row(**base, metric="time_ms", status="ok", note=p.note, median=t.median, q20=t.q20,
-                             q80=t.q80, reps=t.reps, tflops=C.loss_tflops(B, B, D, t.median),
+                             q80=t.q80, reps=t.reps, tflops=C.loss_tflops(loss, B, B, D, t.median),
                              matmul_tflops=mm, matmul_n=mm_n, loss_value=value))
             rows.append(_row(**base, metric="peak_mem_mib", status="ok" if mem is not None else "not measured",
                              note=p.note if mem is not None else "not measured on CPU",

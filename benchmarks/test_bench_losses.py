@@ -29,7 +29,7 @@ FLOOR = {"fp32": 1e-5, "bf16": 1e-2, "fp16": 1e-3}  # relative to the float64 va
 
 def _cases():
     for B, D, dt, dev, rounds in SIZES:
-        for loss in C.LOSSES:
+        for loss in C.BENCH_LOSSES:
             for prov in C.PROVIDERS[loss]:
                 marks = [pytest.mark.gpu] if dev == "cuda" else []
                 yield pytest.param(loss, prov, B, D, dt, dev, rounds, marks=marks, id=f"{loss}-{prov}-B{B}-D{D}-{dt}")
@@ -56,7 +56,7 @@ def test_fwd_bwd(benchmark, loss, provider, B, D, dtype, device, rounds):
     inputs = C.make_inputs(loss, B, D, dt, dev, seed=B + D)
     benchmark.group = f"{loss}-B{B}-D{D}-{dtype}-{device}"
     benchmark.extra_info.update(provider=provider, backend=p.backend, note=p.note, B=B, N=B, D=D, dtype=dtype,
-                                flops_fwd_bwd=6 * B * B * D)
+                                flops_fwd_bwd=C.useful_flops(loss, B, B, D))
 
     def run():
         out = C.step(p.fn, inputs)
