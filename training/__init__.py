@@ -1,0 +1,7 @@
+"""Training-side code on top of clipkern and open_clip (models and, later, the finetuning loop).
+
+clipkern never imports this package; this package imports clipkern and open_clip.
+"""
+from .shared_clip import SharedCLIP, SharedCLIPConfig, build_shared_clip, tiny_config
+
+__all__ = ["SharedCLIP", "SharedCLIPConfig", "build_shared_clip", "tiny_config"]
