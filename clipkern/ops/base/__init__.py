@@ -46,16 +46,28 @@ def new_output(shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> t
 
 
 @dataclass(frozen=True)
-class TileConfig:
-    """Block sizes and split counts for one launch. GPU values target H100-class parts; the CPU
-    interpreter prefers few, large blocks (numpy does the work per block)."""
+class Blocks:
+    """One kernel's blocks: square (rows = columns) tiles of `tile`, `k` wide slices of the
+    reduction, `d` wide slices of the output (backward only), and the launch's warps/stages."""
 
-    block_m: int
-    block_n: int
-    block_k: int
-    block_d: int
+    tile: int
+    k: int
+    d: int
     num_warps: int
     num_stages: int
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """Blocks for the forward and backward kernels and the forward's 2-D split.
+
+    GPU values: chosen so that ptxas reports no register spills for sm_90a (checked statically
+    by compiling every kernel for sm_90a without a GPU; not yet timed on one). The CPU interpreter
+    prefers few, large blocks (numpy does the work per block) and uses one block set for both.
+    """
+
+    fwd: Blocks
+    bwd: Blocks
     row_splits: int
     col_splits: int
 
@@ -63,27 +75,27 @@ class TileConfig:
     def interpret(self) -> bool:
         return interpreter_enabled()
 
-    def kernel_args(self, dtype: torch.dtype, *, with_block_d: bool = False) -> dict:
+    def kernel_args(self, dtype: torch.dtype, *, backward: bool = False) -> dict:
         """The constexpr and launch arguments every family's kernels take."""
         from .triton_tiles import dot_precision
 
-        args = dict(BLOCK_M=self.block_m, BLOCK_N=self.block_n, BLOCK_K=self.block_k,
-                    UPCAST=self.interpret, PRECISION=dot_precision(dtype, self.interpret),
-                    num_warps=self.num_warps, num_stages=self.num_stages)
-        if with_block_d:
-            args["BLOCK_D"] = self.block_d
+        b = self.bwd if backward else self.fwd
+        args = dict(BLOCK_M=b.tile, BLOCK_N=b.tile, BLOCK_K=b.k, UPCAST=self.interpret,
+                    PRECISION=dot_precision(dtype, self.interpret), num_warps=b.num_warps, num_stages=b.num_stages)
+        if backward:
+            args["BLOCK_D"] = b.d
         return args
 
     def split_grid(self, rows: int, cols: int):
         """Forward grid (row splits, column splits) with no empty split, and blocks per split."""
-        row_blocks, col_blocks = math.ceil(rows / self.block_m), math.ceil(cols / self.block_n)
+        row_blocks, col_blocks = math.ceil(rows / self.fwd.tile), math.ceil(cols / self.fwd.tile)
         rows_per = math.ceil(row_blocks / self.row_splits)
         cols_per = math.ceil(col_blocks / self.col_splits)
         return (math.ceil(row_blocks / rows_per), math.ceil(col_blocks / cols_per)), rows_per, cols_per
 
     def slice_grid(self, rows: int, width: int):
         """Backward grid: one program per (row block, BLOCK_D slice of the output)."""
-        return math.ceil(rows / self.block_m), math.ceil(width / self.block_d)
+        return math.ceil(rows / self.bwd.tile), math.ceil(width / self.bwd.d)
 
 
 def contiguous_rows(t: torch.Tensor) -> torch.Tensor:
@@ -97,27 +109,30 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def tile_config(rows: int, cols: int, width: int, device: torch.device) -> TileConfig:
-    """Choose blocks and a 2-D split of the rows×cols tile grid so that even B=4096 fills the GPU.
+def _pow2(n: int, lo: int, hi: int) -> int:
+    return min(hi, max(lo, 1 << max(n - 1, 0).bit_length()))
 
-    The forward runs on a (row_splits × col_splits) grid: each program walks a rectangle of tiles.
-    Column statistics are merged per row split and row statistics per column split, so the extra
-    memory is (row_splits·cols + col_splits·rows) floats: O(B + N).
+
+def tile_config(rows: int, cols: int, width: int, device: torch.device, dtype: torch.dtype = torch.bfloat16,
+                *, dots_per_tile: int = 1) -> TileConfig:
+    """Blocks and the forward's (row_splits × col_splits) split so that even B = 4096 fills the GPU.
+
+    Each forward program walks a rectangle of tiles; column statistics merge per row split and row
+    statistics per column split, so extra memory is (row_splits·cols + col_splits·rows) floats:
+    O(B + N). The backward runs one program per (64-row block, D slice): B = 4096, D = 768 gives
+    64 × 3 = 192 programs for 132 SMs. `dots_per_tile=2` (IMSep) takes smaller forward tiles.
+    The choice depends only on (rows, cols) symmetrically and the width, so a transposed backward
+    call tiles like the forward.
     """
     if interpreter_enabled() or device.type != "cuda":
-        bk = min(128, max(16, 1 << max(width - 1, 0).bit_length()))
-        bd = min(256, max(16, 1 << max(width - 1, 0).bit_length()))
+        blocks = Blocks(64, _pow2(width, 16, 128), _pow2(width, 16, 256), 4, 1)
         # two splits per axis whenever possible, so the interpreter exercises both merges
-        return TileConfig(64, 64, bk, bd, 4, 1, min(2, math.ceil(rows / 64)), min(2, math.ceil(cols / 64)))
-    bd = min(256, max(16, 1 << max(width - 1, 0).bit_length()))
+        return TileConfig(blocks, blocks, min(2, math.ceil(rows / 64)), min(2, math.ceil(cols / 64)))
+    wide = dtype == torch.float32  # 3xTF32 dots need more registers
+    fwd = Blocks(64, 32, 0, 4, 3) if wide or dots_per_tile > 1 else Blocks(128, 32, 0, 8, 3)
+    bwd = Blocks(64, 16, _pow2(width, 16, 128), 8, 3) if wide else Blocks(64, 32, _pow2(width, 16, 256), 8, 3)
     sms = _sm_count(device)
-    # One block size for rows and columns, symmetric in (rows, cols): the backward's transposed call
-    # must tile S exactly like the forward did. Smaller blocks when 128-row blocks × D slices would
-    # leave SMs idle in the backward (e.g. B = 4096, D = 768: 32 × 3 = 96 < 132 programs).
-    short = min(rows, cols)
-    bm = 128 if math.ceil(short / 128) * math.ceil(width / bd) >= sms else 64
-    bn, bk = bm, 64
-    row_blocks, col_blocks = math.ceil(rows / bm), math.ceil(cols / bn)
+    row_blocks, col_blocks = math.ceil(rows / fwd.tile), math.ceil(cols / fwd.tile)
     row_splits = min(row_blocks, 64)
     col_splits = max(1, min(col_blocks, math.ceil(2 * sms / row_splits), 64))
-    return TileConfig(bm, bn, bk, bd, 8 if bm == 128 else 4, 2, row_splits, col_splits)
+    return TileConfig(fwd, bwd, row_splits, col_splits)

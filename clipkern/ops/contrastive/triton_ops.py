@@ -10,7 +10,7 @@ def contrastive_fwd(x: torch.Tensor, y: torch.Tensor, scale: torch.Tensor):
     lse = max + logsum. Returns (row_max, row_logsum, col_max, col_logsum)."""
     x, y = contiguous_rows(x), contiguous_rows(y)
     (M, D), N = x.shape, y.shape[0]
-    cfg = tile_config(M, N, D, x.device)
+    cfg = tile_config(M, N, D, x.device, x.dtype)
     grid, rows_per, cols_per = cfg.split_grid(M, N)
     row_m = new_output((grid[1], M), x, torch.float32)
     row_l = new_output((grid[1], M), x, torch.float32)
@@ -24,14 +24,14 @@ def contrastive_fwd(x: torch.Tensor, y: torch.Tensor, scale: torch.Tensor):
 
 def _bwd_one_side(x, y, scale, stats_x, g_x, stats_y, g_y, transposed: bool):
     (M, D), N = x.shape, y.shape[0]
-    cfg = tile_config(M, N, D, x.device)
+    cfg = tile_config(M, N, D, x.device, x.dtype)
     grid = cfg.slice_grid(M, D)
     dx = new_output(x.shape, x)
     dscale_part = new_output((grid[0],), x, torch.float32)
     _contrastive_bwd_kernel[grid](
         x, y, scale, *stats_x, g_x, *stats_y, g_y, dx, dscale_part,
         M, N, D, x.stride(0), y.stride(0), dx.stride(0),
-        WITH_DSCALE=not transposed, TRANSPOSED=transposed, **cfg.kernel_args(x.dtype, with_block_d=True))
+        WITH_DSCALE=not transposed, TRANSPOSED=transposed, **cfg.kernel_args(x.dtype, backward=True))
     return dx, None if transposed else dscale_part.sum()
 
 
