@@ -129,7 +129,7 @@ def tile_config(rows: int, cols: int, width: int, device: torch.device, dtype: t
         # two splits per axis whenever possible, so the interpreter exercises both merges
         return TileConfig(blocks, blocks, min(2, math.ceil(rows / 64)), min(2, math.ceil(cols / 64)))
     wide = dtype == torch.float32  # 3xTF32 dots need more registers
-    fwd = Blocks(64, 32, 0, 4, 3) if wide or dots_per_tile > 1 else Blocks(128, 32, 0, 8, 3)
+    fwd = Blocks(64, 16 if wide else 32, 0, 4, 3) if wide or dots_per_tile > 1 else Blocks(128, 32, 0, 8, 3)
     bwd = Blocks(64, 16, _pow2(width, 16, 128), 8, 3) if wide else Blocks(64, 32, _pow2(width, 16, 256), 8, 3)
     sms = _sm_count(device)
     row_blocks, col_blocks = math.ceil(rows / fwd.tile), math.ceil(cols / fwd.tile)
