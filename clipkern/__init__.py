@@ -9,3 +9,7 @@ from .losses import AlignClipLoss, ClipLoss, ParaClipLoss, SigLipLoss
 
 __version__ = "0.1.0"
 __all__ = ["ClipLoss", "SigLipLoss", "AlignClipLoss", "ParaClipLoss", "functional", "BACKENDS", "BackendUnavailable", "__version__"]
+
+from .losses import RankClipLoss  # noqa: E402
+
+__all__ += ["RankClipLoss"]

@@ -105,3 +105,53 @@ def imsep_loss(image_features, text_features, semantic_features, logit_scale, *,
     semantic = semantic_features.detach()
     pairs = {"image": (image_features, text_features), "text": (text_features, image_features)}
     return _out(sum(_imsep_single(*pairs[m], semantic, scale, be) for m in names))
+
+
+# ------------------------------------------------------------------------ list-wise ranking (ListMLE)
+from ._checks import FLOAT_DTYPES as _FLOAT_DTYPES  # noqa: E402
+from .ops.ranking import DECAYS as _DECAYS  # noqa: E402
+from .ops.ranking import listmle_loss as _listmle  # noqa: E402
+
+__all__ += ["listmle_loss"]
+
+
+def _check_ranking_pair(scores, targets) -> None:
+    for name, x in (("scores", scores), ("targets", targets)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 2:
+            raise ValueError(f"{name} must be 2-D (rows, list length), got shape {tuple(x.shape)}")
+        if x.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"{name} must be a floating tensor (fp16/bf16/fp32/fp64), got {x.dtype}")
+    if scores.shape != targets.shape:
+        raise ValueError(f"targets has shape {tuple(targets.shape)} but scores has shape {tuple(scores.shape)}; "
+                         "they must match (one target per score)")
+    if scores.shape[0] == 0:
+        raise ValueError(f"scores is an empty batch (shape {tuple(scores.shape)})")
+    if scores.shape[1] == 0:
+        raise ValueError(f"scores has empty rows (list length 0, shape {tuple(scores.shape)})")
+    if scores.device != targets.device:
+        raise ValueError(f"scores is on {scores.device} but targets is on {targets.device}")
+    if scores.dtype != targets.dtype:
+        raise TypeError(f"scores is {scores.dtype} but targets is {targets.dtype}; cast them to one dtype")
+
+
+def listmle_loss(scores, targets, *, decay=None, backend="auto") -> torch.Tensor:
+    """List-wise (Plackett–Luce) ranking loss, ListMLE, averaged over rows (DESIGN §1.4).
+
+    For each row r: π = the columns in descending order of targets[r], ties broken by the lower
+    column index (a stable sort); q_k = scores[r, π_k];
+    ℓ_r = Σ_k w_k [logsumexp(q_k, ..., q_N) − q_k], with w_k = 1, or 1/log2(k + 1) for decay="log"
+    (RankCLIP's position discount). Returns mean_r ℓ_r. targets only set the order: they get no
+    gradient. A non-finite target makes the loss NaN.
+
+    The triton backend sorts and scans each row on chip, with a closed-form backward and no B×N
+    temporaries besides the gradient itself; scores and targets may be strided views (e.g. a
+    transpose), read in place. Rows longer than 8192 columns (MATRIX_MAX_N) fall back to the torch
+    reference computed in fp32.
+    """
+    _check_ranking_pair(scores, targets)
+    if decay not in _DECAYS:
+        raise ValueError(f"decay must be None or 'log', got {decay!r}")
+    be = _backend.resolve(backend, scores.device, scores.dtype)
+    return _out(_listmle(scores, targets, decay, be))

@@ -176,3 +176,110 @@ class ParaClipLoss(nn.Module):
             "para_para_loss": self.clip(para1_features, para2_features, logit_scale),
         }
         return terms if output_dict else sum(terms.values())
+
+
+# ------------------------------------------------------------------------------------ RankCLIP
+from ._backend import BACKENDS as _BACKENDS  # noqa: E402
+from ._backend import resolve as _resolve_backend  # noqa: E402
+from ._checks import as_scalar as _as_scalar  # noqa: E402
+from .ops.ranking import DECAYS as _RANK_DECAYS  # noqa: E402
+from .ops.ranking import rankclip_terms as _rankclip_terms  # noqa: E402
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+class RankClipLoss(nn.Module):
+    """RankCLIP: the CLIP loss plus list-wise ranking consistency (DESIGN §1.4), fused.
+
+        total = clip_weight·CLIP(L) + w(e)·(R_cross + R_in)/B                 L = s·V Tᵀ
+        R_cross = cross_weight·[listmle(L, Lᵀ) + listmle(Lᵀ, L)]
+        R_in    = in_weight·[listmle(s·V Vᵀ, s·T Tᵀ) + listmle(s·T Tᵀ, s·V Vᵀ)]
+        w(e)    = clamp(ramp_slope·(e − 1)/(total_epochs − 1), 0, ramp_max)
+
+    Defaults follow DESIGN §1.4 (the paper's weights): cross_weight = in_weight = 1/32,
+    ramp_slope = 3, ramp_max = 2, clip_weight = 1, the 1/B factor on (normalize_by_batch=True), and
+    w_k = 1 inside ListMLE (decay=None); decay="log" switches on the paper's 1/log2(k+1) position
+    discount. The ListMLE targets (the second argument of each call) get no gradient.
+
+    Epochs count from 1: w(1) = 0, so the first epoch trains plain CLIP. Give the epoch either with
+    `set_epoch(e)` once per epoch (open_clip's loop counts from 0: call `set_epoch(epoch + 1)`) or
+    per call with `forward(..., epoch=e)`; it may be fractional (e.g. 1 + step/steps_per_epoch) to
+    ramp per step. Without either, forward raises: a silent w = 0 would quietly train plain CLIP.
+
+    `fused`: None (default) computes each ListMLE row's scores and targets inside the kernel from
+    the features when B ≤ 256 (FUSED_MAX_N) on the triton backend, so no B×B matrix is formed;
+    above that the matrix path forms L and the Gram matrices once (fp32) and runs the ListMLE
+    kernels on them (Lᵀ is read as a view). True demands the fused path (error if it cannot run),
+    False forces the matrix path. Single process only (no feature gathering across ranks).
+
+    forward(image_features, text_features, logit_scale, logit_bias=None, output_dict=False, *, epoch=None)
+    returns the total, or {"contrastive_loss", "rank_cross_loss", "rank_in_loss"} (weights applied)
+    whose sum is the total. logit_bias cancels in the CLIP softmax (zero gradient) and is not used
+    by the ranking terms.
+    """
+
+    def __init__(self, total_epochs: int, *, cross_weight: float = 1 / 32, in_weight: float = 1 / 32,
+                 ramp_slope: float = 3.0, ramp_max: float = 2.0, clip_weight: float = 1.0,
+                 normalize_by_batch: bool = True, decay: str | None = None, fused: bool | None = None,
+                 backend: str = "auto"):
+        super().__init__()
+        if not isinstance(total_epochs, int) or isinstance(total_epochs, bool) or total_epochs < 2:
+            raise ValueError(f"total_epochs must be an integer >= 2 (the ramp divides by total_epochs - 1), "
+                             f"got {total_epochs!r}")
+        for name, value in (("cross_weight", cross_weight), ("in_weight", in_weight), ("ramp_slope", ramp_slope),
+                            ("ramp_max", ramp_max), ("clip_weight", clip_weight)):
+            if not _is_number(value):
+                raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+        if decay not in _RANK_DECAYS:
+            raise ValueError(f"decay must be None or 'log', got {decay!r}")
+        if fused not in (None, True, False):
+            raise ValueError(f"fused must be None, True or False, got {fused!r}")
+        if backend not in _BACKENDS:
+            raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+        self.total_epochs = total_epochs
+        self.cross_weight, self.in_weight = float(cross_weight), float(in_weight)
+        self.ramp_slope, self.ramp_max = float(ramp_slope), float(ramp_max)
+        self.clip_weight = float(clip_weight)
+        self.normalize_by_batch = normalize_by_batch
+        self.decay, self.fused, self.backend = decay, fused, backend
+        self.epoch: float | None = None
+
+    def set_epoch(self, epoch: float) -> None:
+        """The current epoch (from 1) for the ramp; used when forward gets no `epoch`."""
+        if not _is_number(epoch):
+            raise TypeError(f"epoch must be a number (epochs count from 1), got {type(epoch).__name__}")
+        self.epoch = epoch
+
+    def ramp_weight(self, epoch: float) -> float:
+        """w(e) = clamp(ramp_slope·(e − 1)/(total_epochs − 1), 0, ramp_max)."""
+        w = self.ramp_slope * (epoch - 1) / (self.total_epochs - 1)
+        return min(max(w, 0.0), self.ramp_max)
+
+    def forward(self, image_features, text_features, logit_scale, logit_bias=None, output_dict=False, *,
+                epoch=None):
+        check_pair("image_features", image_features, "text_features", text_features)
+        check_same_batch("image_features", image_features, "text_features", text_features)
+        if epoch is None:
+            epoch = self.epoch
+            if epoch is None:
+                raise ValueError("RankClipLoss needs the current epoch for its ramp: call set_epoch(e) or "
+                                 "pass epoch=e (epochs count from 1)")
+        elif not _is_number(epoch):
+            raise TypeError(f"epoch must be a number (epochs count from 1), got {type(epoch).__name__}")
+        clip = self.clip_weight * F.clip_loss(image_features, text_features, logit_scale, logit_bias,
+                                              backend=self.backend)
+        w = self.ramp_weight(epoch)
+        if w == 0.0:  # the ranking terms are skipped, not multiplied by 0
+            rank_cross = rank_in = torch.zeros_like(clip)
+        else:
+            scale = _as_scalar("logit_scale", logit_scale, image_features)
+            backend = _resolve_backend(self.backend, image_features.device, image_features.dtype)
+            cross, inner = _rankclip_terms(image_features, text_features, scale, self.decay, backend, self.fused)
+            factor = w / image_features.shape[0] if self.normalize_by_batch else w
+            rank_cross = (factor * self.cross_weight) * cross.to(clip.dtype)
+            rank_in = (factor * self.in_weight) * inner.to(clip.dtype)
+        if output_dict:
+            return {"contrastive_loss": clip, "rank_cross_loss": rank_cross, "rank_in_loss": rank_in}
+        return clip + rank_cross + rank_in

@@ -5,7 +5,7 @@ Paths, and which one runs (backend="triton"):
 - `listmle_loss(scores, targets)`: the matrix kernels for rows of N ≤ MATRIX_MAX_N (8192) columns.
   Longer rows fall back to the torch reference, computed in fp32 (it materialises its B×N
   temporaries); this is the documented long-row path.
-- `rankclip_terms(image, text, scale)`: for B ≤ FUSED_MAX_N (1024) the fused kernels compute each
+- `rankclip_terms(image, text, scale)`: for B ≤ FUSED_MAX_N (256) the fused kernels compute each
   row's scores and targets from the features, so no B×B score matrix exists (the backward keeps
   dS in bounded row chunks). Above it, or with fused=False, the matrix path forms L = s·V Tᵀ and the
   two Gram matrices once (fp32) and runs the matrix kernels on them and on Lᵀ (a view, no copy).
@@ -19,10 +19,12 @@ from torch import Tensor
 from . import reference
 from .reference import DECAYS
 
-# Longest row (columns) each kernel holds on chip; see triton_ops.py. Chosen for H100-class
-# register files: one BLOCK_N = next_pow2(N) row of int64 keys + fp32 values per program.
+# Longest row (columns) each kernel holds on chip; see triton_ops.ranking_blocks. Chosen for
+# H100-class register files (int64 sort keys + fp32 values of whole rows, checked by compiling for
+# sm_90a): the fused kernels compile without spills up to 256 columns, the matrix kernels up to
+# 4096 and with some spills up to 8192.
 MATRIX_MAX_N = 8192
-FUSED_MAX_N = 1024
+FUSED_MAX_N = 256
 
 
 # --------------------------------------------------------------------------------- matrix ops
@@ -153,10 +155,11 @@ def rankclip_terms(image: Tensor, text: Tensor, scale: Tensor, decay: str | None
         cross = term(image, text, text, image) + term(text, image, image, text)
         inner = term(image, image, text, text) + term(text, text, image, image)
         return cross, inner
+    # s scales a B×D operand, so autograd saves no B×B product for ds; fp32 (fp64) products
     acc = torch.promote_types(image.dtype, torch.float32)
     v, t, s = image.to(acc), text.to(acc), scale.to(acc)
-    logits = s * (v @ t.T)
-    gram_v, gram_t = s * (v @ v.T), s * (t @ t.T)
+    logits = (s * v) @ t.T
+    gram_v, gram_t = (s * v) @ v.T, (s * t) @ t.T
     cross = listmle_loss(logits, logits.T, decay, backend) + listmle_loss(logits.T, logits, decay, backend)
     inner = listmle_loss(gram_v, gram_t, decay, backend) + listmle_loss(gram_t, gram_v, decay, backend)
     return cross, inner

@@ -15,20 +15,23 @@ k < N are exactly the real columns.
 Sort and scans run on the row viewed as a hypercube [BLOCK_M, 2, ..., 2] (LOG_N = log2 BLOCK_N
 axes of size 2): a bitonic network whose compare-and-swap is a min/max over one size-2 axis
 (`_sort_rows`), and a log-sum-exp scan that exchanges block totals across one axis per level
-(`_scan_logaddexp`). They use only reshape, where and min/max/sum reductions, which the GPU
-compiler and the CPU interpreter both handle well (the interpreter runs tl.sort's xor reduction
-and any custom-combine tl.associative_scan element by element, ~1000× slower). GPU and CPU CI
-run the same code.
+(`_scan_lse`). The scan carries (m, l) pairs, lse = m + log l: m is a max of inputs (exact) and
+the rounding stays in l ∈ [1, N]; a scan of fp32 log values would add ~ulp(100) per level at
+s = 100, several times torch's sequential logcumsumexp error. Both use only reshape, where and
+min/max/sum reductions, which the GPU compiler and the CPU interpreter both handle well (the
+interpreter runs tl.sort's xor reduction and any custom-combine tl.associative_scan element by
+element, orders of magnitude slower). GPU and CPU CI run the same code.
 
 Forward (`_row_loss`), per row:
-    lse_k = logsumexp(q_k, ..., q_{N−1})     suffix scan of logaddexp; every exp has a
+    lse_k = logsumexp(q_k, ..., q_{N−1}) = m_k + log l_k    suffix (max, sum) scan; every exp has a
                                              non-positive argument, so s = 100 cannot overflow
-    ℓ = Σ_k w_k (lse_k − q_k),  w_k = 1, or 1/log2(k + 2) with DECAY_LOG (1/log2(k+1), 1-based)
+    ℓ = Σ_k w_k ((m_k − q_k) + log l_k)
+    w_k = 1, or 1/log2(k + 2) with DECAY_LOG (= 1/log2(k + 1) with DESIGN's 1-based k)
 A non-finite target adds NaN to its row (0·t), as the reference does.
 
 Backward (`_row_grad`), closed form, given g = ∂Loss/∂ℓ of the row:
     ∂ℓ/∂q_k = Σ_{m≤k} w_m exp(q_k − lse_m) − w_k = exp(q_k + logC_k) − w_k
-    logC_k  = logcumsumexp_{m≤k} (log w_m − lse_m)          prefix scan of logaddexp
+    logC_k  = logcumsumexp_{m≤k} (log w_m − lse_m)          prefix (max, sum) scan
 Because lse_m ≥ lse_k ≥ q_k for m ≤ k, the exponent is at most log Σ_{m≤k} w_m: nothing overflows,
 and no product of probabilities is formed. The gradient goes back to column π_k (the scatter of a
 permutation: every column is written exactly once).
@@ -53,28 +56,27 @@ _PAD_KEY = tl.constexpr(0x7FFFFFFFFFFFFFFF)  # INT64_MAX: padding columns sort a
 
 
 @triton.jit
-def _log1p_small(x):
-    """log(1 + x) for 0 ≤ x ≤ 1, accurate for tiny x: log(u)·x/(u − 1) with u = 1 + x (Kahan)."""
-    u = 1.0 + x
-    d = u - 1.0
-    exact = d == 0.0
-    return tl.where(exact, x, tl.log(u) * (x / tl.where(exact, 1.0, d)))
-
-
-@triton.jit
-def _logaddexp(a, b):
-    """log(e^a + e^b), with −inf as the identity (scan combine function)."""
-    hi = tl.maximum(a, b)
-    lo = tl.minimum(a, b)
-    finite = hi != float("-inf")
-    shift = tl.where(finite, hi, 0.0)
-    return tl.where(finite, hi + _log1p_small(tl.exp(lo - shift)), float("-inf"))
+def _merge_lse(m1, l1, m2, l2):
+    """Merge two log-sum-exp partials kept as (max, sum): e^m1·l1 + e^m2·l2 = e^m·l."""
+    m = tl.maximum(m1, m2)
+    shift = tl.where(m == float("-inf"), 0.0, m)
+    return m, l1 * tl.exp(m1 - shift) + l2 * tl.exp(m2 - shift)
 
 
 @triton.jit
 def _bit(n_dims: tl.constexpr, axis: tl.constexpr):
     """0 / 1 along one axis of a [BLOCK_M, 2, ..., 2] hypercube, shape [1, .., 2, .., 1]."""
     return tl.reshape(tl.arange(0, 2), [1] * axis + [2] + [1] * (n_dims - axis - 1))
+
+
+@triton.jit
+def _compare_swap(h, desc, n_dims: tl.constexpr, axis: tl.constexpr):
+    """One bitonic compare-and-swap between the two halves of `axis`: (min, max) where desc is 0,
+    (max, min) where desc is 1."""
+    right = _bit(n_dims, axis)
+    lo = tl.min(h, axis=axis, keep_dims=True)
+    hi = tl.max(h, axis=axis, keep_dims=True)
+    return tl.where(right != desc, hi, lo)
 
 
 @triton.jit
@@ -92,34 +94,43 @@ def _sort_rows(x, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, LOG_N: tl.conste
         else:
             desc = tl.zeros([1] * n_dims, dtype=tl.int32)
         for j in tl.static_range(stage):
-            axis: tl.constexpr = LOG_N - (stage - 1 - j)
-            right = _bit(n_dims, axis)
-            lo = tl.min(h, axis=axis, keep_dims=True)
-            hi = tl.max(h, axis=axis, keep_dims=True)
-            h = tl.where(right != desc, hi, lo)
+            h = _compare_swap(h, desc, n_dims, LOG_N - (stage - 1 - j))  # column bit stage-1-j
     return tl.reshape(h, [BLOCK_M, BLOCK_N])
 
 
 @triton.jit
-def _scan_logaddexp(x, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, LOG_N: tl.constexpr,
-                    REVERSE: tl.constexpr):
-    """Inclusive log-sum-exp scan of every row of x: prefix, or suffix if REVERSE. LOG_N levels on
-    the hypercube [BLOCK_M, 2, ..., 2]; at level b the pairs of 2**b-column blocks that differ in
-    column bit b exchange their totals (a size-2 sum selects one side)."""
+def _scan_level(h_m, h_l, t_m, t_l, n_dims: tl.constexpr, axis: tl.constexpr, REVERSE: tl.constexpr):
+    """One level of `_scan_lse`: the two halves of `axis` exchange their block totals (t_m, t_l)."""
+    right = _bit(n_dims, axis)
+    left_m = tl.sum(tl.where(right == 0, t_m, 0.0), axis=axis, keep_dims=True)
+    left_l = tl.sum(tl.where(right == 0, t_l, 0.0), axis=axis, keep_dims=True)
+    right_m = tl.sum(tl.where(right == 1, t_m, 0.0), axis=axis, keep_dims=True)
+    right_l = tl.sum(tl.where(right == 1, t_l, 0.0), axis=axis, keep_dims=True)
+    if REVERSE:
+        n_m, n_l = _merge_lse(h_m, h_l, right_m, right_l)
+        take = right == 0
+    else:
+        n_m, n_l = _merge_lse(left_m, left_l, h_m, h_l)
+        take = right == 1
+    t_m, t_l = _merge_lse(left_m, left_l, right_m, right_l)
+    return tl.where(take, n_m, h_m), tl.where(take, n_l, h_l), t_m, t_l
+
+
+@triton.jit
+def _scan_lse(x, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, LOG_N: tl.constexpr, REVERSE: tl.constexpr):
+    """Inclusive log-sum-exp scan of every row of x, prefix or (REVERSE) suffix, as (m, l) with
+    lse = m + log l. m is a max of inputs, so it is exact; all rounding stays in l ∈ [1, N], which
+    is far more accurate at |x| ~ 100 than a scan of fp32 log values. LOG_N levels on the hypercube
+    [BLOCK_M, 2, ..., 2]: at level b, blocks of 2**b columns that differ in column bit b exchange
+    their totals (a size-2 sum of a where() selects one side exactly)."""
     n_dims: tl.constexpr = LOG_N + 1
-    h = tl.reshape(x, [BLOCK_M] + [2] * LOG_N)
-    total = h
+    h_m = tl.reshape(x, [BLOCK_M] + [2] * LOG_N)
+    h_l = tl.where(h_m == float("-inf"), 0.0, 1.0)
+    t_m = h_m
+    t_l = h_l
     for level in tl.static_range(LOG_N):
-        axis: tl.constexpr = LOG_N - level
-        right = _bit(n_dims, axis)
-        left_total = tl.sum(tl.where(right == 0, total, 0.0), axis=axis, keep_dims=True)
-        right_total = tl.sum(tl.where(right == 1, total, 0.0), axis=axis, keep_dims=True)
-        if REVERSE:
-            h = tl.where(right == 0, _logaddexp(h, right_total), h)
-        else:
-            h = tl.where(right == 1, _logaddexp(left_total, h), h)
-        total = _logaddexp(left_total, right_total)
-    return tl.reshape(h, [BLOCK_M, BLOCK_N])
+        h_m, h_l, t_m, t_l = _scan_level(h_m, h_l, t_m, t_l, n_dims, LOG_N - level, REVERSE)  # column bit `level`
+    return tl.reshape(h_m, [BLOCK_M, BLOCK_N]), tl.reshape(h_l, [BLOCK_M, BLOCK_N])
 
 
 @triton.jit
@@ -151,28 +162,33 @@ def _log_weights(offs_n, DECAY_LOG: tl.constexpr):
 
 @triton.jit
 def _suffix_lse(q, valid, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, LOG_N: tl.constexpr):
-    """(q with 0 outside `valid`, lse_k with 0 outside `valid`)."""
-    lse = _scan_logaddexp(tl.where(valid, q, float("-inf")), BLOCK_M, BLOCK_N, LOG_N, True)
-    return tl.where(valid, q, 0.0), tl.where(valid, lse, 0.0)
+    """(q, m, log l) with lse_k = m_k + log l_k, all 0 outside `valid`."""
+    m, l = _scan_lse(tl.where(valid, q, float("-inf")), BLOCK_M, BLOCK_N, LOG_N, True)
+    return tl.where(valid, q, 0.0), tl.where(valid, m, 0.0), tl.where(valid, tl.log(tl.where(valid, l, 1.0)), 0.0)
 
 
 @triton.jit
 def _row_loss(q, valid, offs_n, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, LOG_N: tl.constexpr,
               DECAY_LOG: tl.constexpr):
-    """ℓ per row for q in sorted order (BLOCK_M × BLOCK_N); invalid entries contribute nothing."""
-    q, lse = _suffix_lse(q, valid, BLOCK_M, BLOCK_N, LOG_N)
+    """ℓ per row for q in sorted order (BLOCK_M × BLOCK_N); invalid entries contribute nothing.
+    lse_k − q_k is formed as (m_k − q_k) + log l_k: a difference of two inputs plus a small term."""
+    q, m, log_l = _suffix_lse(q, valid, BLOCK_M, BLOCK_N, LOG_N)
     w, _ = _log_weights(offs_n, DECAY_LOG)
-    return tl.sum(w[None, :] * (lse - q), axis=1)
+    return tl.sum(w[None, :] * ((m - q) + log_l), axis=1)
 
 
 @triton.jit
 def _row_grad(q, valid, offs_n, g, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, LOG_N: tl.constexpr,
               DECAY_LOG: tl.constexpr):
-    """g · ∂ℓ/∂q_k in sorted order (0 outside `valid`)."""
-    q, lse = _suffix_lse(q, valid, BLOCK_M, BLOCK_N, LOG_N)
+    """g · ∂ℓ/∂q_k in sorted order (0 outside `valid`): exp(q_k + logC_k) − w_k with
+    logC_k = M_k + log L_k from a prefix (max, sum) scan of log w_m − lse_m."""
+    q, m, log_l = _suffix_lse(q, valid, BLOCK_M, BLOCK_N, LOG_N)
     w, log_w = _log_weights(offs_n, DECAY_LOG)
-    log_c = _scan_logaddexp(tl.where(valid, log_w[None, :] - lse, float("-inf")), BLOCK_M, BLOCK_N, LOG_N, False)
-    dq = g[:, None] * (tl.exp(q + log_c) - w[None, :])
+    x = tl.where(valid, (log_w[None, :] - log_l) - m, float("-inf"))
+    c_m, c_l = _scan_lse(x, BLOCK_M, BLOCK_N, LOG_N, False)
+    c_m = tl.where(valid, c_m, 0.0)
+    log_c_l = tl.log(tl.where(valid, c_l, 1.0))
+    dq = g[:, None] * (tl.exp((q + c_m) + log_c_l) - w[None, :])
     return tl.where(valid, dq, 0.0)
 
 
