@@ -13,3 +13,7 @@ __all__ = ["ClipLoss", "SigLipLoss", "AlignClipLoss", "ParaClipLoss", "functiona
 from .losses import RankClipLoss  # noqa: E402
 
 __all__ += ["RankClipLoss"]
+
+from .losses import PairwiseDifferenceLoss  # noqa: E402
+
+__all__ += ["PairwiseDifferenceLoss"]

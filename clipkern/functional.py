@@ -155,3 +155,58 @@ def listmle_loss(scores, targets, *, decay=None, backend="auto") -> torch.Tensor
         raise ValueError(f"decay must be None or 'log', got {decay!r}")
     be = _backend.resolve(backend, scores.device, scores.dtype)
     return _out(_listmle(scores, targets, decay, be))
+
+
+# ------------------------------------------------------------------- pairwise difference (PC-CLIP)
+from ._checks import _is_compiling  # noqa: E402
+from .ops.pairdiff import pairwise_difference_loss as _pairdiff  # noqa: E402
+
+__all__ += ["pairwise_difference_loss"]
+_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+def _check_pairs(pairs, rows: int, images: int, device: torch.device) -> torch.Tensor:
+    """pairs: an integer (P, 2) tensor, P = rows ≥ 1, entries in [0, images). Returns it as long."""
+    if not isinstance(pairs, torch.Tensor):
+        raise TypeError(f"pairs must be a torch.Tensor of image indices, got {type(pairs).__name__}")
+    if pairs.dtype not in _INT_DTYPES:
+        raise TypeError(f"pairs must be an integer tensor of image indices, got {pairs.dtype}")
+    if pairs.dim() != 2 or pairs.shape[1] != 2:
+        raise ValueError(f"pairs must have shape (P, 2) (one (i, j) image pair per text), got {tuple(pairs.shape)}")
+    if pairs.shape[0] == 0:
+        raise ValueError("pairs is empty (P = 0): at least one (i, j) pair is needed")
+    if pairs.shape[0] != rows:
+        raise ValueError(f"pairs has {pairs.shape[0]} rows but text_features has {rows}; "
+                         "text p describes pair p")
+    if pairs.device != device:
+        raise ValueError(f"pairs is on {pairs.device} but the features are on {device}")
+    if not _is_compiling():
+        lo, hi = int(pairs.min()), int(pairs.max())
+        if lo < 0 or hi >= images:
+            raise ValueError(f"pairs must lie in [0, {images}) (the number of image rows), "
+                             f"got values in [{lo}, {hi}]")
+    return pairs.long()
+
+
+def pairwise_difference_loss(text_features, image_features, pairs, logit_scale=1.0, *, all_pairs=False,
+                             backend="auto") -> torch.Tensor:
+    """PC-CLIP's pairwise-difference loss (DESIGN §1.3). Text p describes how image pairs[p, 0]
+    differs from image pairs[p, 1]; δ_ij = normalise(Ĝ_i − Ĝ_j).
+
+    all_pairs=False (the paper's form): a P×P symmetric CE between Ê and the listed pairs' δ, on
+    the fused contrastive kernel. all_pairs=True: each text is scored against all N(N−1) ordered
+    image pairs, s·(A[p, i] − A[p, j])/sqrt(2 − 2·G_ij) with A = ÊĜᵀ, G = ĜĜᵀ, by a fused kernel
+    (no P×N² logits, no N²×D differences); the pair → text direction is the listed form's.
+    Degenerate pairs (i = j, or identical images: ‖Ĝ_i − Ĝ_j‖² ≤ 1e-5) have δ = 0: they are dropped
+    as positives (the means run over the non-degenerate listed pairs; 0 if there is none) and
+    score a constant 0 as candidates, so the loss stays finite. logit_scale defaults to the
+    paper's fixed 1. Gradients reach both feature matrices and logit_scale.
+    """
+    check_pair("text_features", text_features, "image_features", image_features)
+    if image_features.shape[0] < 2:
+        raise ValueError(f"image_features needs at least 2 rows to form a pair, got shape "
+                         f"{tuple(image_features.shape)}")
+    pairs = _check_pairs(pairs, text_features.shape[0], image_features.shape[0], text_features.device)
+    scale = as_scalar("logit_scale", logit_scale, text_features)
+    be = _backend.resolve(backend, text_features.device, text_features.dtype)
+    return _out(_pairdiff(text_features, image_features, pairs, scale, bool(all_pairs), be))

@@ -283,3 +283,27 @@ class RankClipLoss(nn.Module):
         if output_dict:
             return {"contrastive_loss": clip, "rank_cross_loss": rank_cross, "rank_in_loss": rank_in}
         return clip + rank_cross + rank_in
+
+
+# ------------------------------------------------------------------- pairwise difference (PC-CLIP)
+class PairwiseDifferenceLoss(nn.Module):
+    """PC-CLIP's pairwise-difference loss (DESIGN §1.3) as a Module.
+
+    forward(text_features, image_features, pairs, logit_scale=None, output_dict=False): text p
+    describes how image pairs[p, 0] differs from image pairs[p, 1]. logit_scale=None uses the
+    constructor's `logit_scale` (default 1.0, the paper's fixed temperature); a tensor (e.g. the
+    model's) is used as given and receives a gradient. all_pairs=True scores every text against all
+    N(N−1) ordered image pairs on the fused kernel. output_dict gives {"difference_loss": …}.
+    Freezing the image tower (the paper's recipe) is the training loop's job: the loss passes
+    gradients to both feature matrices.
+    """
+
+    def __init__(self, logit_scale=1.0, all_pairs=False, *, backend="auto"):
+        super().__init__()
+        self.logit_scale, self.all_pairs, self.backend = float(logit_scale), bool(all_pairs), backend
+
+    def forward(self, text_features, image_features, pairs, logit_scale=None, output_dict=False):
+        scale = self.logit_scale if logit_scale is None else logit_scale
+        loss = F.pairwise_difference_loss(text_features, image_features, pairs, scale, all_pairs=self.all_pairs,
+                                          backend=self.backend)
+        return {"difference_loss": loss} if output_dict else loss

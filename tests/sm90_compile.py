@@ -22,6 +22,8 @@ from triton.compiler import ASTSource
 import clipkern.ops.base as base
 from clipkern.ops.contrastive import triton_kernels as ck
 from clipkern.ops.imsep import triton_kernels as ik
+from clipkern.ops.pairdiff import triton_kernels as pk
+from clipkern.ops.pairdiff.triton_ops import GPU_BLOCKS as PAIRDIFF_BLOCKS
 from clipkern.ops.sigmoid import triton_kernels as sk
 
 TARGET = GPUTarget("cuda", 90, 32)
@@ -39,6 +41,10 @@ KERNELS = [
     ("sigmoid_bwd_t", sk._sigmoid_bwd_kernel, True, dict(LABELS_ON_OWN=False, WITH_DSCALE=False), {}),
     ("imsep_fwd", ik._imsep_fwd_kernel, False, {}, dict(dots_per_tile=2)),
     ("imsep_bwd", ik._imsep_bwd_kernel, True, {}, dict(dots_per_tile=2)),
+    # pairdiff: A and R are fp32 whatever the feature dtype; the launcher uses the fp32 forward's
+    # warps/stages (the fp32 rows here); the 16-bit rows compile the same kernels at 8 warps as well.
+    *[(f"pairdiff_{w}", getattr(pk, f"_pairdiff_{w}_kernel"), False,
+       dict(zip(("BLOCK_M", "BLOCK_N", "BLOCK_K"), PAIRDIFF_BLOCKS[w])), {}) for w in ("fwd", "bwd_a", "bwd_r")],
 ]
 
 

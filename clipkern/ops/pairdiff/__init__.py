@@ -1,0 +1,112 @@
+"""Pairwise-difference (PC-CLIP) family: the all-pairs custom ops over the fused Triton kernels,
+their autograd, and the dispatch for both forms. Math and the degenerate-pair rule: reference.py
+and triton_kernels.py."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..base import positive_logits
+from ..contrastive import triton_contrastive_lse
+from . import reference
+from .reference import PAIR_EPS, _masked_mean, difference_vectors
+
+
+@torch.library.custom_op("clipkern::triton_pairdiff_lse", mutates_args=())
+def triton_pairdiff_lse(a: Tensor, r: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+    """(max, logsum) per text p of L[p, i, j] = scale·(a[p, i] − a[p, j])·r[i, j] over all i ≠ j,
+    lse = max + logsum, without the P×N² logits. Only logsum is differentiable: use max + logsum."""
+    from .triton_ops import pairdiff_fwd
+
+    return pairdiff_fwd(a, r, scale)
+
+
+@triton_pairdiff_lse.register_fake
+def _(a, r, scale):
+    return tuple(a.new_empty(a.shape[0], dtype=torch.float32) for _ in range(2))
+
+
+@torch.library.custom_op("clipkern::triton_pairdiff_lse_bwd", mutates_args=())
+def triton_pairdiff_lse_bwd(a: Tensor, r: Tensor, scale: Tensor, lse_max: Tensor, lse_logsum: Tensor,
+                            g: Tensor) -> tuple[Tensor, Tensor]:
+    from .triton_ops import pairdiff_bwd
+
+    return pairdiff_bwd(a, r, scale, lse_max, lse_logsum, g)
+
+
+@triton_pairdiff_lse_bwd.register_fake
+def _(a, r, scale, lse_max, lse_logsum, g):
+    return a.new_empty(a.shape, dtype=torch.float32), r.new_empty(r.shape, dtype=torch.float32)
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.mark_non_differentiable(output[0])
+    ctx.save_for_backward(*inputs, *output)
+
+
+def _backward(ctx, _g_max, g):
+    a, r, scale, lse_max, lse_logsum = ctx.saved_tensors
+    g = torch.zeros_like(lse_logsum) if g is None else g
+    u, t = triton_pairdiff_lse_bwd(a, r, scale, lse_max, lse_logsum, g)
+    s = scale.float()
+    return (s * u).to(a.dtype), (s * t).to(r.dtype), (t * r.float()).sum().to(scale.dtype)
+
+
+triton_pairdiff_lse.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _listed_triton(text: Tensor, image: Tensor, pairs: Tensor, scale: Tensor) -> Tensor:
+    # Reuse, not a new kernel: the P listed differences δ (P×D) are one gather and a normalisation
+    # in torch, after which Λ = s·Ê δᵀ is exactly the foundation's fused contrastive problem, whose
+    # row and column statistics are both directions of this loss. A kernel that forms δ on the fly
+    # would save only the P×D δ buffer; whether that pays can only be measured on a GPU (not done).
+    # The per-row terms are needed (degenerate pairs leave the means), so the custom op is called
+    # rather than contrastive_loss, which returns only the plain mean.
+    e = F.normalize(text.float(), dim=1)
+    delta, valid = difference_vectors(F.normalize(image.float(), dim=1), pairs)
+    e, delta = e.to(text.dtype), delta.to(text.dtype)
+    s32 = scale.float()
+    row_max, row_logsum, col_max, col_logsum = triton_contrastive_lse(e, delta, s32)
+    pos = positive_logits(e, delta, torch.arange(e.shape[0], device=e.device), scale)
+    text_side = row_max + row_logsum - pos
+    pair_side = col_max + col_logsum - pos
+    return (_masked_mean(text_side, valid) + _masked_mean(pair_side, valid)) / 2
+
+
+def _all_pairs_triton(text: Tensor, image: Tensor, pairs: Tensor, scale: Tensor) -> Tensor:
+    e = F.normalize(text.float(), dim=1)
+    g = F.normalize(image.float(), dim=1)
+    N = g.shape[0]
+    a = e @ g.T  # A (P×N)
+    gram = g @ g.T
+    gram = (gram + gram.T) / 2  # exactly symmetric: (i, j) and (j, i) are degenerate together
+    sq = 2 - 2 * gram  # ‖Ĝ_i − Ĝ_j‖²
+    off_diag = ~torch.eye(N, dtype=torch.bool, device=g.device)
+    nondegenerate = off_diag & (sq > PAIR_EPS)
+    r = torch.where(nondegenerate, sq.clamp_min(PAIR_EPS).rsqrt(), torch.zeros_like(sq))  # dR/dG = R³
+    s32 = scale.float()
+    lse_max, lse_logsum = triton_pairdiff_lse(a, r, s32)
+    i, j = pairs[:, 0], pairs[:, 1]
+    r_pos = r[i, j]
+    valid = nondegenerate[i, j]
+    rows = torch.arange(e.shape[0], device=e.device)
+    text_pos = s32 * (a[rows, i] - a[rows, j]) * r_pos
+    text_side = lse_max + lse_logsum - text_pos
+    # pair → text: the listed pairs' δ, scaled with the same R as the candidates, against all texts
+    delta = (g.index_select(0, i) - g.index_select(0, j)) * r_pos[:, None]
+    row_max, row_logsum, _, _ = triton_contrastive_lse(delta, e, s32)
+    pair_side = row_max + row_logsum - positive_logits(delta, e, rows, scale)
+    return (_masked_mean(text_side, valid) + _masked_mean(pair_side, valid)) / 2
+
+
+def pairwise_difference_loss(text: Tensor, image: Tensor, pairs: Tensor, scale: Tensor, all_pairs: bool,
+                             backend: str) -> Tensor:
+    """Mean PC-CLIP loss (DESIGN §1.3), listed-pairs or all-pairs form. Inputs are validated by the
+    caller; pairs is a long (P, 2) tensor with entries in [0, N)."""
+    if backend == "reference":
+        fn = reference.all_pairs_loss if all_pairs else reference.listed_pairs_loss
+        return fn(text, image, pairs, scale.to(text.dtype))
+    if backend != "triton":
+        raise ValueError(f"no {backend!r} implementation of the pairwise-difference loss")
+    return (_all_pairs_triton if all_pairs else _listed_triton)(text, image, pairs, scale)
