@@ -5,15 +5,9 @@
 """
 from . import functional
 from ._backend import BACKENDS, BackendUnavailable
-from .losses import AlignClipLoss, ClipLoss, ParaClipLoss, SigLipLoss
+from .losses import (AlignClipLoss, ClipLoss, PairwiseDifferenceLoss, ParaClipLoss, RankClipLoss,
+                     SigLipLoss)
 
 __version__ = "0.1.0"
-__all__ = ["ClipLoss", "SigLipLoss", "AlignClipLoss", "ParaClipLoss", "functional", "BACKENDS", "BackendUnavailable", "__version__"]
-
-from .losses import RankClipLoss  # noqa: E402
-
-__all__ += ["RankClipLoss"]
-
-from .losses import PairwiseDifferenceLoss  # noqa: E402
-
-__all__ += ["PairwiseDifferenceLoss"]
+__all__ = ["ClipLoss", "SigLipLoss", "PairwiseDifferenceLoss", "RankClipLoss", "AlignClipLoss", "ParaClipLoss",
+           "functional", "BACKENDS", "BackendUnavailable", "__version__"]

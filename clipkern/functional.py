@@ -7,12 +7,16 @@ from __future__ import annotations
 import torch
 
 from . import _backend
-from ._checks import as_scalar, check_features, check_labels, check_pair, check_same_batch
+from ._checks import FLOAT_DTYPES as _FLOAT_DTYPES
+from ._checks import _is_compiling, as_scalar, check_features, check_labels, check_pair, check_same_batch
 from .ops.contrastive import contrastive_loss as _contrastive
 from .ops.imsep import imsep_single as _imsep_single
+from .ops.pairdiff import pairwise_difference_loss as _pairdiff
+from .ops.ranking import DECAYS as _DECAYS
+from .ops.ranking import listmle_loss as _listmle
 from .ops.sigmoid import sigmoid_loss as _sigmoid
 
-__all__ = ["clip_loss", "clip_loss_rows", "siglip_loss", "imsep_loss"]
+__all__ = ["clip_loss", "clip_loss_rows", "siglip_loss", "imsep_loss", "listmle_loss", "pairwise_difference_loss"]
 IMSEP_MODALITIES = ("image", "text")
 
 
@@ -108,11 +112,7 @@ def imsep_loss(image_features, text_features, semantic_features, logit_scale, *,
 
 
 # ------------------------------------------------------------------------ list-wise ranking (ListMLE)
-from ._checks import FLOAT_DTYPES as _FLOAT_DTYPES  # noqa: E402
-from .ops.ranking import DECAYS as _DECAYS  # noqa: E402
-from .ops.ranking import listmle_loss as _listmle  # noqa: E402
 
-__all__ += ["listmle_loss"]
 
 
 def _check_ranking_pair(scores, targets) -> None:
@@ -158,10 +158,7 @@ def listmle_loss(scores, targets, *, decay=None, backend="auto") -> torch.Tensor
 
 
 # ------------------------------------------------------------------- pairwise difference (PC-CLIP)
-from ._checks import _is_compiling  # noqa: E402
-from .ops.pairdiff import pairwise_difference_loss as _pairdiff  # noqa: E402
 
-__all__ += ["pairwise_difference_loss"]
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 

@@ -11,8 +11,13 @@ import torch
 import torch.nn as nn
 
 from . import functional as F
+from ._backend import BACKENDS as _BACKENDS
+from ._backend import resolve as _resolve_backend
+from ._checks import as_scalar as _as_scalar
 from ._checks import check_pair, check_same_batch
 from .distributed import all_gather_with_grad, gather_features
+from .ops.ranking import DECAYS as _RANK_DECAYS
+from .ops.ranking import rankclip_terms as _rankclip_terms
 
 SIGLIP_DIST_IMPLS = ("bidir", "shift", "reduce", "gather")
 
@@ -179,11 +184,6 @@ class ParaClipLoss(nn.Module):
 
 
 # ------------------------------------------------------------------------------------ RankCLIP
-from ._backend import BACKENDS as _BACKENDS  # noqa: E402
-from ._backend import resolve as _resolve_backend  # noqa: E402
-from ._checks import as_scalar as _as_scalar  # noqa: E402
-from .ops.ranking import DECAYS as _RANK_DECAYS  # noqa: E402
-from .ops.ranking import rankclip_terms as _rankclip_terms  # noqa: E402
 
 
 def _is_number(x) -> bool:
