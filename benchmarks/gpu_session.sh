@@ -10,3 +10,5 @@ export PYTHONPATH="$HOME/site:$PWD" PYTHONUNBUFFERED=1
 python3 -m clipkern.info | tee "$OUT/info.txt"
 python3 -m pytest -m gpu -q -x tests 2>&1 | tee "$OUT/gpu-tests.log" | tail -n 25
 python3 -m benchmarks.run --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -n 40
+python3 -m benchmarks.bench_ranking --out "$OUT" 2>&1 | tee "$OUT/bench_ranking.log" | tail -n 15
+python3 -m benchmarks.bench_pcclip --out "$OUT" 2>&1 | tee "$OUT/bench_pcclip.log" | tail -n 15
