@@ -26,9 +26,7 @@ B = 32, 64, 128, D = 64, fp32, one thread.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 import torch
 
@@ -192,20 +190,11 @@ def main(argv=None) -> int:
     device = C.pick_device()
     cuda = device.type == "cuda"
     sizes = sorted(args.batch_sizes or ([1024, 2048, 4096, 8192] if cuda else [32, 64, 128]))
-    D = args.dim or (768 if cuda else 64)
-    dtype = args.dtype or ("bf16" if cuda else "fp32")
-    rep_ms = args.rep_ms or (500.0 if cuda else 100.0)
-    if not cuda:
-        torch.set_num_threads(args.cpu_threads)
+    D, dtype, rep_ms = C.script_settings(device, args.dim, args.dtype, args.rep_ms, args.cpu_threads)
     env = C.environment(device)
-    out = Path(args.out) / C.device_slug(device)
-    out.mkdir(parents=True, exist_ok=True)
-    print(f"device: {env['device']} | torch {env['torch']} | triton {env['triton']} | clipkern {env['clipkern']} "
-          f"| TRITON_INTERPRET={int(env['triton_interpret'])}", file=sys.stderr)
+    C.print_header(env)
     rows = run(sizes, D, dtype, device, env, args.providers, rep_ms)
-    path = out / "rankclip_listmle.json"
-    path.write_text(json.dumps(rows, indent=1) + "\n")
-    print(f"wrote {path}", file=sys.stderr)
+    C.write_json(args.out, device, "rankclip_listmle.json", rows)
     print(f"== four ListMLE calls of a RankCLIP step, fwd+bwd, D={D}, {dtype}, {env['device']}\n{table(rows)}")
     return 0
 

@@ -27,10 +27,13 @@ from __future__ import annotations
 import datetime
 import gc
 import importlib.metadata
+import json
 import platform
 import re
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -411,3 +414,28 @@ def environment(device: torch.device) -> dict:
         "triton_interpret": interpreter_enabled(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+# ------------------------------------------------------------------------- per-family scripts
+def script_settings(device: torch.device, dim, dtype, rep_ms, cpu_threads):
+    """Defaults shared by the per-family scripts: (D, dtype name, rep_ms). GPU: D=768, bf16, 500 ms a
+    measurement; CPU: D=64, fp32, 100 ms, and `cpu_threads` torch threads."""
+    cuda = device.type == "cuda"
+    if not cuda:
+        torch.set_num_threads(cpu_threads)
+    return dim or (768 if cuda else 64), dtype or ("bf16" if cuda else "fp32"), rep_ms or (500.0 if cuda else 100.0)
+
+
+def print_header(env: dict) -> None:
+    print(f"device: {env['device']} | torch {env['torch']} | triton {env['triton']} | clipkern {env['clipkern']} "
+          f"| TRITON_INTERPRET={int(env['triton_interpret'])}", file=sys.stderr)
+
+
+def write_json(out_root, device: torch.device, filename: str, rows) -> Path:
+    """Writes rows as JSON to OUT/<gpu-slug or cpu>/filename and says where."""
+    out = Path(out_root) / device_slug(device)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / filename
+    path.write_text(json.dumps(rows, indent=1) + "\n")
+    print(f"wrote {path}", file=sys.stderr)
+    return path
