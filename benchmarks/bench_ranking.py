@@ -167,25 +167,13 @@ def table(rows) -> str:
         star = " *" if C.INTERPRETED_NOTE in r["note"] else ""
         lines.append(f"{B:>6}  {name:<16} {str(r['backend']):<22} {tm:<26} {speed:>8} {pk:>9} {mem_ratio:>8}  "
                      f"{diff:>8}  ok{star} {r['note'].replace(C.INTERPRETED_NOTE, '').strip('; ')}")
-    for r in rows:
-        if r["status"] == "skipped":
-            lines.append(f"skipped {r['provider']}: {r['note']}")
-    if any(C.INTERPRETED_NOTE in r["note"] for r in times.values()):
-        lines.append(f"* {C.INTERPRETED_NOTE}")
-    if any(r["status"] == "not measured" for r in mems.values()):
-        lines.append("peak memory: not measured on CPU (CUDA only)")
-    return "\n".join(lines)
+    return "\n".join(lines + C.table_footer(rows, times, mems))
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_ranking", description=__doc__.split("\n")[0])
-    p.add_argument("--out", required=True, help="results folder; the file goes to OUT/<gpu-slug>/")
     p.add_argument("--batch-sizes", nargs="+", type=int, help="default: 1024..8192 on CUDA, 32 64 128 on CPU")
-    p.add_argument("--dim", type=int, help="D; default 768 on CUDA, 64 on CPU")
-    p.add_argument("--dtype", choices=sorted(C.DTYPES), help="default bf16 on CUDA, fp32 on CPU")
-    p.add_argument("--providers", nargs="+", default=list(PROVIDERS), help=f"subset of {PROVIDERS}")
-    p.add_argument("--rep-ms", type=float, default=None, help="time budget per measurement (ms)")
-    p.add_argument("--cpu-threads", type=int, default=1, help="torch threads on CPU (default 1)")
+    C.add_script_args(p, PROVIDERS)
     args = p.parse_args(argv)
     device = C.pick_device()
     cuda = device.type == "cuda"

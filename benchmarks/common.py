@@ -417,6 +417,26 @@ def environment(device: torch.device) -> dict:
 
 
 # ------------------------------------------------------------------------- per-family scripts
+def add_script_args(parser, providers) -> None:
+    """The command-line flags every per-family script shares (sizes are the script's own)."""
+    parser.add_argument("--out", required=True, help="results folder; the file goes to OUT/<gpu-slug>/")
+    parser.add_argument("--dim", type=int, help="D; default 768 on CUDA, 64 on CPU")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="default bf16 on CUDA, fp32 on CPU")
+    parser.add_argument("--providers", nargs="+", default=list(providers), help=f"subset of {tuple(providers)}")
+    parser.add_argument("--rep-ms", type=float, default=None, help="time budget per measurement (ms)")
+    parser.add_argument("--cpu-threads", type=int, default=1, help="torch threads on CPU (default 1)")
+
+
+def table_footer(rows, times: dict, mems: dict) -> list[str]:
+    """The closing lines of a per-family table: skipped providers, the interpreter note, CPU memory."""
+    lines = [f"skipped {r['provider']}: {r['note']}" for r in rows if r["status"] == "skipped"]
+    if any(INTERPRETED_NOTE in r["note"] for r in times.values()):
+        lines.append(f"* {INTERPRETED_NOTE}")
+    if any(r["status"] == "not measured" for r in mems.values()):
+        lines.append("peak memory: not measured on CPU (CUDA only)")
+    return lines
+
+
 def script_settings(device: torch.device, dim, dtype, rep_ms, cpu_threads):
     """Defaults shared by the per-family scripts: (D, dtype name, rep_ms). GPU: D=768, bf16, 500 ms a
     measurement; CPU: D=64, fp32, 100 ms, and `cpu_threads` torch threads."""
