@@ -36,7 +36,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.run --out benchmarks/results
 
 constraints: $(STAMP)
-	{ head -n 2 constraints.txt; $(PY) -m pip freeze --isolated --all | grep -v -E '^(-e |clipkern|pip==)'; } > constraints.tmp
+	{ head -n 2 constraints.txt; $(PY) -m pip freeze --isolated --all | grep -v -E '^(-e |clipkern|pip==|# Editable)'; } > constraints.tmp
 	mv constraints.tmp constraints.txt
 
 clean:
