@@ -17,9 +17,8 @@ CLIPKERN_NO_EXTENSION=1 builds the pure-Python package only (clipkern then falls
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
-import re
-import shutil
 import sys
 
 from setuptools import setup
@@ -27,63 +26,31 @@ from setuptools import setup
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
-def _nvcc_target(path: str) -> str:
-    """The real nvcc behind `path`: follows symlinks and a shell wrapper's `exec <nvcc>` line."""
-    path = os.path.realpath(path)
-    for _ in range(4):
-        try:
-            with open(path, "rb") as f:
-                head = f.read(4096)
-        except OSError:
-            return path
-        if not head.startswith(b"#!"):
-            return path  # a binary
-        match = re.search(rb"exec\s+[\"']?(/[^\s\"']*nvcc)\b", head)
-        if not match:
-            return path
-        path = os.path.realpath(match.group(1).decode())
-    return path
-
-
-def cuda_home() -> str | None:
-    """The CUDA toolkit folder: $CUDA_HOME if set; else the folder of the real nvcc behind the one
-    on PATH (bin/..); else /usr/local/cuda if it has bin/nvcc; else None."""
-    if os.environ.get("CUDA_HOME"):
-        return os.environ["CUDA_HOME"]
-    nvcc = shutil.which("nvcc")
-    if nvcc:
-        home = os.path.dirname(os.path.dirname(_nvcc_target(nvcc)))
-        if os.path.exists(os.path.join(home, "bin", "nvcc")):
-            return home
-    if os.path.exists("/usr/local/cuda/bin/nvcc"):
-        return "/usr/local/cuda"
-    return None
-
-
-def _pip_cuda_include(cuda_major: str) -> str | None:
-    import torch
-
-    site = os.path.dirname(os.path.dirname(torch.__file__))
-    path = os.path.join(site, "nvidia", f"cu{cuda_major}", "include")
-    return path if os.path.isdir(path) else None
+def _build_helpers():
+    """clipkern/_extension.py, loaded by path (importing the package would import all of clipkern):
+    its cuda_home() / cuda_build_env() are the same ones the JIT path uses."""
+    spec = importlib.util.spec_from_file_location("_clipkern_build_helpers",
+                                                  os.path.join(ROOT, "clipkern", "_extension.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _cuda_plan(cu_sources: list[str]) -> tuple[bool, str]:
-    """(build the CUDA sources?, why) following CLIPKERN_BUILD_CUDA."""
+    """(build the CUDA sources?, why) following CLIPKERN_BUILD_CUDA. Sets CUDA_HOME and the rest
+    of the build environment before torch.utils.cpp_extension is imported."""
     mode = os.environ.get("CLIPKERN_BUILD_CUDA", "").strip()
     if mode not in ("", "0", "1"):
         raise SystemExit(f"CLIPKERN_BUILD_CUDA must be 0, 1 or unset, got {mode!r}")
     if mode == "0":
         return False, "CLIPKERN_BUILD_CUDA=0"
-    home = cuda_home()
-    if home:
-        os.environ["CUDA_HOME"] = home  # before torch.utils.cpp_extension reads it
     import torch
 
+    helpers = _build_helpers()
     problems = []
     if torch.version.cuda is None:
         problems.append(f"torch {torch.__version__} is not a CUDA build")
-    if home is None:
+    elif helpers.cuda_home() is None:
         problems.append("nvcc was not found (PATH, CUDA_HOME, /usr/local/cuda)")
     if not cu_sources:
         problems.append("csrc/cuda/ has no .cu files")
@@ -91,10 +58,7 @@ def _cuda_plan(cu_sources: list[str]) -> tuple[bool, str]:
         if mode == "1":
             raise SystemExit("CLIPKERN_BUILD_CUDA=1 but the CUDA kernels cannot be built: " + "; ".join(problems))
         return False, "; ".join(problems)
-    include = _pip_cuda_include(torch.version.cuda.split(".")[0])
-    if include and include not in os.environ.get("CPATH", "").split(os.pathsep):
-        os.environ["CPATH"] = os.pathsep.join(p for p in (include, os.environ.get("CPATH")) if p)
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    home = helpers.cuda_build_env(torch.__file__, torch.version.cuda)
     return True, f"CUDA_HOME={home}, TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}"
 
 

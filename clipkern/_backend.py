@@ -4,11 +4,15 @@ Backends:
 - ``reference``: plain PyTorch (clipkern/ops/*/reference.py). Always available; the float64 oracle.
 - ``triton``: the fused kernels. Needs an importable triton and either CUDA tensors or
   ``TRITON_INTERPRET=1`` (the CPU interpreter, which is how CI runs them).
-- ``cuda``: the csrc/ extension. Not part of this release yet.
+- ``cuda``: the csrc/ extension (clipkern._C, loaded by clipkern/_extension.py on first use). On
+  CUDA tensors it runs its CUDA kernels (unavailable if it was built without them); on CPU tensors
+  its C++ CPU implementations (so the CPU tests can run it). Families without a csrc twin
+  (sigmoid/SigLIP, IMSep) raise an error that suggests "triton".
 
-``auto`` (or ``CLIPKERN_BACKEND``) picks per call: ``triton`` for CUDA tensors of a supported dtype,
-``reference`` otherwise. There is one fused backend so far, so there is no measured table to choose
-between fused backends yet; it arrives with the CUDA extension.
+``auto`` (or ``CLIPKERN_BACKEND``) picks per call. It first asks the measured table
+(clipkern/_selection.py, clipkern/backend_table.json) for a rule matching the op family, the GPU,
+the dtype and the batch rows; without a matching rule: ``triton`` for CUDA tensors of a supported
+dtype, ``reference`` otherwise. The committed table has no rules until GPU measurements exist.
 """
 from __future__ import annotations
 
@@ -65,7 +69,19 @@ def triton_unavailable_reason(device: torch.device | None = None) -> str | None:
 
 
 def cuda_unavailable_reason(device: torch.device | None = None) -> str | None:
-    return "the CUDA extension (csrc/) is not part of this clipkern release yet; use backend='triton'"
+    """None if the csrc extension can run on `device` (None: anywhere it has kernels for), else why not.
+    The first call loads the extension (and may JIT-compile it on a GPU machine)."""
+    from . import _extension
+
+    why = _extension.unavailable_reason()
+    if why is not None:
+        return f"the CUDA extension (csrc/) is not available: {why}"
+    if device is not None and device.type == "cuda" and not _extension.has_cuda():
+        return ("the CUDA extension was built without its CUDA kernels (CPU implementations only); rebuild it "
+                "with a CUDA torch and nvcc: CLIPKERN_BUILD_CUDA=1 pip install --no-build-isolation -e .")
+    if device is not None and device.type not in ("cpu", "cuda"):
+        return f"device type {device.type!r} is not supported by the CUDA extension (cpu and cuda only)"
+    return None
 
 
 def unavailable_reason(backend: str, device: torch.device | None = None) -> str | None:
@@ -78,8 +94,22 @@ def unavailable_reason(backend: str, device: torch.device | None = None) -> str 
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
-def resolve(backend: str, device: torch.device, dtype: torch.dtype) -> str:
-    """Turn the user's `backend` argument into a concrete backend name, or raise."""
+def _auto(device: torch.device, dtype: torch.dtype, family: str | None, rows: int | None) -> str:
+    from . import _selection
+
+    rule = _selection.choose(family, device, dtype, rows,
+                             available=lambda name: unavailable_reason(name, device) is None)
+    if rule is not None:
+        return rule.backend
+    if device.type == "cuda" and dtype in TRITON_DTYPES and triton_unavailable_reason(device) is None:
+        return "triton"
+    return "reference"
+
+
+def resolve(backend: str, device: torch.device, dtype: torch.dtype, *, family: str | None = None,
+            rows: int | None = None) -> str:
+    """Turn the user's `backend` argument into a concrete backend name, or raise. `family` (one of
+    clipkern._selection.FAMILIES) and `rows` (the op's batch rows) let `auto` use the measured table."""
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
@@ -89,9 +119,7 @@ def resolve(backend: str, device: torch.device, dtype: torch.dtype) -> str:
                 raise ValueError(f"CLIPKERN_BACKEND must be one of {BACKENDS}, got {env!r}")
             backend = env
         else:
-            if device.type == "cuda" and dtype in TRITON_DTYPES and triton_unavailable_reason(device) is None:
-                return "triton"
-            return "reference"
+            return _auto(device, dtype, family, rows)
     why = unavailable_reason(backend, device)
     if why is not None:
         raise BackendUnavailable(f"backend={backend!r} is unavailable: {why}")
@@ -100,4 +128,14 @@ def resolve(backend: str, device: torch.device, dtype: torch.dtype) -> str:
             f"backend='triton' supports float32, float16 and bfloat16 features, got {dtype}; "
             "use backend='reference' for float64"
         )
+    if backend == "cuda" and device.type == "cuda" and dtype not in TRITON_DTYPES:
+        raise TypeError(f"backend='cuda' supports float32, float16 and bfloat16 CUDA tensors, got {dtype}; "
+                        "use backend='reference' for float64")
     return backend
+
+
+def no_cuda_twin(family: str) -> BackendUnavailable:
+    """The error for backend='cuda' on a family the csrc extension does not implement."""
+    return BackendUnavailable(f"backend='cuda' has no {family} kernels (the csrc extension implements the "
+                              "contrastive, pairwise-difference and ListMLE ops only); use backend='triton' "
+                              "(or 'auto') for this loss")

@@ -1,4 +1,6 @@
-"""`python -m clipkern.info`: versions, the GPU, and each backend's availability with the reason."""
+"""`python -m clipkern.info`: versions, the GPU, the C++/CUDA extension (prebuilt / JIT / unavailable
+and why, CUDA kernels compiled in or not) and each backend's availability with the reason.
+It never starts a JIT compile; `--build` does (then reports the result)."""
 from __future__ import annotations
 
 import importlib.metadata as md
@@ -13,10 +15,10 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
-def report() -> str:
+def report(allow_jit: bool = False) -> str:
     import torch
 
-    from . import __version__
+    from . import __version__, _extension
     from ._backend import BACKENDS, unavailable_reason
 
     lines = [f"clipkern {__version__}", f"python {platform.python_version()} ({platform.machine()})",
@@ -31,15 +33,22 @@ def report() -> str:
     else:
         lines.append("gpu: none visible")
         device = torch.device("cpu")
-    for key in ("TRITON_INTERPRET", "CLIPKERN_BACKEND"):
+    extension = _extension.describe(allow_jit=allow_jit)
+    lines.append(f"cuda extension: {extension}")
+    for key in ("TRITON_INTERPRET", "CLIPKERN_BACKEND", "CLIPKERN_JIT", "CLIPKERN_CACHE_DIR"):
         if os.environ.get(key):
             lines.append(f"{key}={os.environ[key]}")
     lines.append(f"backends on {device.type}:")
     for name in BACKENDS[1:]:
+        if name == "cuda" and extension.startswith("not built"):
+            lines.append(f"  {name:<9} compiled on first use (python -m clipkern.info --build compiles it now)")
+            continue
         why = unavailable_reason(name, device)
         lines.append(f"  {name:<9} {'available' if why is None else 'unavailable: ' + why}")
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    print(report())
+    import sys
+
+    print(report(allow_jit="--build" in sys.argv[1:]))

@@ -60,6 +60,16 @@ def _backward(ctx, _g_row_max, g_row, _g_col_max, g_col):
 triton_contrastive_lse.register_autograd(_backward, setup_context=_setup_context)
 
 
+def lse_op(backend: str):
+    """The fused (row_max, row_logsum, col_max, col_logsum) op of a backend: the Triton custom op, or
+    its csrc twin for backend="cuda" (imported, and the extension loaded, on first use)."""
+    if backend == "cuda":
+        from .cuda_ops import cuda_contrastive_lse
+
+        return cuda_contrastive_lse
+    return triton_contrastive_lse
+
+
 def contrastive_loss(a: Tensor, c: Tensor, scale: Tensor, bias: Tensor | None, labels: Tensor,
                      symmetric: bool, backend: str) -> Tensor:
     """Mean softmax-contrastive loss of S = scale·a cᵀ (+ bias) with positives (i, labels[i]).
@@ -69,9 +79,9 @@ def contrastive_loss(a: Tensor, c: Tensor, scale: Tensor, bias: Tensor | None, l
     """
     if backend == "reference":
         return reference.contrastive_loss(a, c, scale, bias, labels, symmetric)
-    if backend != "triton":
+    if backend not in ("triton", "cuda"):
         raise ValueError(f"no {backend!r} implementation of the contrastive loss")
-    row_max, row_logsum, col_max, col_logsum = triton_contrastive_lse(a, c, scale.float())
+    row_max, row_logsum, col_max, col_logsum = lse_op(backend)(a, c, scale.float())
     row_lse, col_lse = row_max + row_logsum, col_max + col_logsum
     pos = positive_logits(a, c, labels, scale)
     loss = (row_lse - pos).mean()

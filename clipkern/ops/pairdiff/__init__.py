@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..base import positive_logits
-from ..contrastive import triton_contrastive_lse
+from ..contrastive import lse_op as contrastive_lse_op
 from . import reference
 from .reference import PAIR_EPS, _masked_mean, difference_vectors
 
@@ -56,7 +56,17 @@ def _backward(ctx, _g_max, g):
 triton_pairdiff_lse.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _listed_triton(text: Tensor, image: Tensor, pairs: Tensor, scale: Tensor) -> Tensor:
+def pairdiff_lse_op(backend: str):
+    """The all-pairs (max, logsum) op of a backend: the Triton custom op, or its csrc twin for
+    backend="cuda" (imported, and the extension loaded, on first use)."""
+    if backend == "cuda":
+        from .cuda_ops import cuda_pairdiff_lse
+
+        return cuda_pairdiff_lse
+    return triton_pairdiff_lse
+
+
+def _listed_triton(text: Tensor, image: Tensor, pairs: Tensor, scale: Tensor, backend: str = "triton") -> Tensor:
     # Reuse, not a new kernel: the P listed differences δ (P×D) are one gather and a normalisation
     # in torch, after which Λ = s·Ê δᵀ is exactly the foundation's fused contrastive problem, whose
     # row and column statistics are both directions of this loss. A kernel that forms δ on the fly
@@ -67,14 +77,14 @@ def _listed_triton(text: Tensor, image: Tensor, pairs: Tensor, scale: Tensor) ->
     delta, valid = difference_vectors(F.normalize(image.float(), dim=1), pairs)
     e, delta = e.to(text.dtype), delta.to(text.dtype)
     s32 = scale.float()
-    row_max, row_logsum, col_max, col_logsum = triton_contrastive_lse(e, delta, s32)
+    row_max, row_logsum, col_max, col_logsum = contrastive_lse_op(backend)(e, delta, s32)
     pos = positive_logits(e, delta, torch.arange(e.shape[0], device=e.device), scale)
     text_side = row_max + row_logsum - pos
     pair_side = col_max + col_logsum - pos
     return (_masked_mean(text_side, valid) + _masked_mean(pair_side, valid)) / 2
 
 
-def _all_pairs_triton(text: Tensor, image: Tensor, pairs: Tensor, scale: Tensor) -> Tensor:
+def _all_pairs_triton(text: Tensor, image: Tensor, pairs: Tensor, scale: Tensor, backend: str = "triton") -> Tensor:
     e = F.normalize(text.float(), dim=1)
     g = F.normalize(image.float(), dim=1)
     N = g.shape[0]
@@ -86,7 +96,7 @@ def _all_pairs_triton(text: Tensor, image: Tensor, pairs: Tensor, scale: Tensor)
     nondegenerate = off_diag & (sq > PAIR_EPS)
     r = torch.where(nondegenerate, sq.clamp_min(PAIR_EPS).rsqrt(), torch.zeros_like(sq))  # dR/dG = R³
     s32 = scale.float()
-    lse_max, lse_logsum = triton_pairdiff_lse(a, r, s32)
+    lse_max, lse_logsum = pairdiff_lse_op(backend)(a, r, s32)
     i, j = pairs[:, 0], pairs[:, 1]
     r_pos = r[i, j]
     valid = nondegenerate[i, j]
@@ -95,7 +105,7 @@ def _all_pairs_triton(text: Tensor, image: Tensor, pairs: Tensor, scale: Tensor)
     text_side = lse_max + lse_logsum - text_pos
     # pair → text: the listed pairs' δ, scaled with the same R as the candidates, against all texts
     delta = (g.index_select(0, i) - g.index_select(0, j)) * r_pos[:, None]
-    row_max, row_logsum, _, _ = triton_contrastive_lse(delta, e, s32)
+    row_max, row_logsum, _, _ = contrastive_lse_op(backend)(delta, e, s32)
     pair_side = row_max + row_logsum - positive_logits(delta, e, rows, scale)
     return (_masked_mean(text_side, valid) + _masked_mean(pair_side, valid)) / 2
 
@@ -107,6 +117,6 @@ def pairwise_difference_loss(text: Tensor, image: Tensor, pairs: Tensor, scale: 
     if backend == "reference":
         fn = reference.all_pairs_loss if all_pairs else reference.listed_pairs_loss
         return fn(text, image, pairs, scale.to(text.dtype))
-    if backend != "triton":
+    if backend not in ("triton", "cuda"):
         raise ValueError(f"no {backend!r} implementation of the pairwise-difference loss")
-    return (_all_pairs_triton if all_pairs else _listed_triton)(text, image, pairs, scale)
+    return (_all_pairs_triton if all_pairs else _listed_triton)(text, image, pairs, scale, backend)

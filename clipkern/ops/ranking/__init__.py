@@ -117,6 +117,10 @@ def listmle_loss(scores: Tensor, targets: Tensor, decay: str | None, backend: st
     """mean_r ListMLE(scores[r], order of targets[r]). Inputs are validated by the caller."""
     if backend == "reference":
         return reference.listmle_loss(scores, targets, decay)
+    if backend == "cuda":  # the csrc op has no row-length limit
+        from .cuda_ops import cuda_listmle_rows
+
+        return cuda_listmle_rows(scores, targets.detach(), decay == "log").mean()
     if backend != "triton":
         raise ValueError(f"no {backend!r} implementation of the ListMLE loss")
     if scores.shape[1] > MATRIX_MAX_N:

@@ -1,0 +1,57 @@
+"""torch.library glue for the csrc contrastive ops (backend="cuda"): fake (meta) implementations
+and autograd for clipkern::contrastive_fwd, mirroring the Triton custom op triton_contrastive_lse
+(same outputs, same non-differentiable max outputs). The schemas and kernels live in csrc/
+(ops.cpp, cpu/contrastive.cpp, cuda/*.cu); importing this module loads the extension and raises
+BackendUnavailable, with the reason, when it cannot be loaded. Registration runs once, on import.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ... import _extension
+from ..._backend import BackendUnavailable
+
+if _extension.load() is None:
+    raise BackendUnavailable(f"backend='cuda' is unavailable: {_extension.unavailable_reason()}")
+
+_OPS = torch.ops.clipkern
+
+
+def _acc_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+@torch.library.register_fake("clipkern::contrastive_fwd")
+def _(x, y, scale):
+    rows, cols, acc = x.shape[0], y.shape[0], _acc_dtype(x)
+    return tuple(x.new_empty(n, dtype=acc) for n in (rows, rows, cols, cols))
+
+
+@torch.library.register_fake("clipkern::contrastive_bwd")
+def _(x, y, scale, row_max, row_logsum, col_max, col_logsum, g_row, g_col):
+    return torch.empty_like(x), torch.empty_like(y), scale.new_empty((), dtype=_acc_dtype(x))
+
+
+def _setup_context(ctx, inputs, output):
+    x, y, scale = inputs
+    row_max, _, col_max, _ = output
+    ctx.mark_non_differentiable(row_max, col_max)
+    ctx.save_for_backward(x, y, scale, *output)
+
+
+def _backward(ctx, _g_row_max, g_row, _g_col_max, g_col):
+    x, y, scale, row_max, row_logsum, col_max, col_logsum = ctx.saved_tensors
+    g_row = torch.zeros_like(row_logsum) if g_row is None else g_row
+    g_col = torch.zeros_like(col_logsum) if g_col is None else g_col
+    dx, dy, dscale = _OPS.contrastive_bwd(x, y, scale, row_max, row_logsum, col_max, col_logsum, g_row, g_col)
+    return dx, dy, dscale.to(scale.dtype)
+
+
+torch.library.register_autograd("clipkern::contrastive_fwd", _backward, setup_context=_setup_context)
+
+
+def cuda_contrastive_lse(x: Tensor, y: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(row_max, row_logsum, col_max, col_logsum) of S = scale · x yᵀ (csrc twin of
+    triton_contrastive_lse); differentiate only max + logsum."""
+    return _OPS.contrastive_fwd(x, y, scale)

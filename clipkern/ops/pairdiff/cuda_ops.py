@@ -1,0 +1,54 @@
+"""torch.library glue for the csrc all-pairs difference ops (backend="cuda"): fake implementations
+and autograd for clipkern::pairdiff_fwd, mirroring the Triton custom op triton_pairdiff_lse (the
+max output is non-differentiable; dA = scale·u, dR = scale·t, dscale = Σ t ⊙ r from the bwd op's
+(u, t)). Importing this module loads the extension (BackendUnavailable with the reason if it
+cannot); registration runs once, on import."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ... import _extension
+from ..._backend import BackendUnavailable
+
+if _extension.load() is None:
+    raise BackendUnavailable(f"backend='cuda' is unavailable: {_extension.unavailable_reason()}")
+
+_OPS = torch.ops.clipkern
+
+
+def _acc_dtype(a: Tensor) -> torch.dtype:
+    return torch.float64 if a.dtype == torch.float64 else torch.float32
+
+
+@torch.library.register_fake("clipkern::pairdiff_fwd")
+def _(a, r, scale):
+    return tuple(a.new_empty(a.shape[0], dtype=_acc_dtype(a)) for _ in range(2))
+
+
+@torch.library.register_fake("clipkern::pairdiff_bwd")
+def _(a, r, scale, lse_max, lse_logsum, g):
+    acc = _acc_dtype(a)
+    return a.new_empty(a.shape, dtype=acc), r.new_empty(r.shape, dtype=acc)
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.mark_non_differentiable(output[0])
+    ctx.save_for_backward(*inputs, *output)
+
+
+def _backward(ctx, _g_max, g):
+    a, r, scale, lse_max, lse_logsum = ctx.saved_tensors
+    g = torch.zeros_like(lse_logsum) if g is None else g
+    u, t = _OPS.pairdiff_bwd(a, r, scale, lse_max, lse_logsum, g)
+    s = scale.to(u.dtype)
+    return (s * u).to(a.dtype), (s * t).to(r.dtype), (t * r.to(t.dtype)).sum().to(scale.dtype)
+
+
+torch.library.register_autograd("clipkern::pairdiff_fwd", _backward, setup_context=_setup_context)
+
+
+def cuda_pairdiff_lse(a: Tensor, r: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+    """(max, logsum) per text p of L[p, i, j] = scale·(a[p, i] − a[p, j])·r[i, j] over i ≠ j (csrc
+    twin of triton_pairdiff_lse); differentiate only max + logsum."""
+    return _OPS.pairdiff_fwd(a, r, scale)
