@@ -17,7 +17,8 @@ no_grad, and returns one flat dict of floats:
 
 A file that is absent skips its metrics (logged); a malformed line raises ValueError naming the file
 and the line; an image that cannot be read is skipped, counted in n_skipped_images, and the records
-that need it are dropped.
+that need it are dropped. If the model yields a non-finite embedding (a diverged run), every metric
+is NaN (logged) instead of an error, so a training loop that evaluates keeps its record.
 """
 from __future__ import annotations
 
@@ -37,6 +38,13 @@ from . import evals
 log = logging.getLogger("training.evaluate")
 
 CP_K, CP_ALPHA, CONSISTENCY_K = 3, 0.9, 10
+METRIC_KEYS = ("i2t_R@1", "i2t_R@5", "t2i_R@1", "t2i_R@5", "alignment", "modality_gap", "zs_top1", "zs_top5",
+               "zs_top1_heldout", "cp_all_before", "cp_all_after", "cp_confused_before", "cp_confused_after",
+               "diff_acc", f"AO@{CONSISTENCY_K}", f"JS@{CONSISTENCY_K}")
+
+
+class NonFiniteEmbeddings(ValueError):
+    """The model produced NaN/inf embeddings (e.g. a diverged run)."""
 
 
 # ---------------------------------------------------------------- reading the world -------------------------
@@ -171,12 +179,29 @@ def run_evaluation(model, tokenizer, preprocess, world_dir, split: str = "val", 
 
 
 def _evaluate(model, tokenizer, preprocess, root, world, device, batch_size) -> dict:
-    meta, rows, diffs, paras, attrs = (world[k] for k in ("meta", "csv", "diffs", "paraphrases", "attributes"))
+    rows, diffs, attrs = world["csv"], world["diffs"], world["attributes"]
     wanted = [r["image"] for r in rows or []] + [r["image"] for r in attrs or []]
     wanted += [r[k] for r in diffs or [] for k in ("image_a", "image_b")]
     index, img_emb, bad = embed_images(model, preprocess, root, dict.fromkeys(wanted), device, batch_size)
     m = {"n_images": float(len(index)), "n_skipped_images": float(len(bad))}
-    encode = lambda texts: embed_texts(model, tokenizer, list(texts), device, batch_size)  # noqa: E731
+    try:
+        if not torch.isfinite(img_emb).all():
+            raise NonFiniteEmbeddings("image embeddings")
+        _metrics(m, model, tokenizer, world, index, img_emb, device, batch_size)
+    except NonFiniteEmbeddings as e:
+        log.error("the model produced non-finite %s: every metric is NaN", e)
+        m.update({k: math.nan for k in METRIC_KEYS if k not in m})
+    return m
+
+
+def _metrics(m, model, tokenizer, world, index, img_emb, device, batch_size) -> None:
+    meta, rows, diffs, paras, attrs = (world[k] for k in ("meta", "csv", "diffs", "paraphrases", "attributes"))
+
+    def encode(texts):
+        emb = embed_texts(model, tokenizer, list(texts), device, batch_size)
+        if not torch.isfinite(emb).all():
+            raise NonFiniteEmbeddings("text embeddings")
+        return emb
 
     def rows_of(paths):
         return img_emb[torch.tensor([index[p] for p in paths], dtype=torch.long)]
@@ -214,7 +239,6 @@ def _evaluate(model, tokenizer, preprocess, root, world, device, batch_size) -> 
         k = min(CONSISTENCY_K, gallery.shape[0])
         m.update(evals.paraphrase_consistency(gallery, encode(r["caption"] for r in paras),
                                               encode(r["para2"] for r in paras), k=k))
-    return m
 
 
 # ---------------------------------------------------------------- command line ------------------------------
@@ -239,19 +263,21 @@ def load(args):
         from .checkpoint import load_model
         return load_model(args.checkpoint, args.device)
     from .models import create
-    model, _, preprocess_val, tokenizer = create(args.model, pretrained=args.pretrained)
+    model, _, preprocess_val, tokenizer = create(args.model, pretrained=args.pretrained, device=args.device)
     return model.to(args.device), preprocess_val, tokenizer
 
 
 def format_table(metrics: dict) -> str:
     width = max(len(k) for k in metrics)
     lines = [f"{'metric':<{width}}  value", f"{'-' * width}  ------"]
-    lines += [f"{k:<{width}}  {v:.4f}" for k, v in metrics.items()]
+    lines += [f"{k:<{width}}  {int(v) if k.startswith('n_') and v == v else f'{v:.4f}'}"
+              for k, v in metrics.items()]
     return "\n".join(lines)
 
 
 def main(argv=None) -> dict:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO)
     args = build_parser().parse_args(argv)
     model, preprocess, tokenizer = load(args)
     metrics = evals.evaluate_model(model, tokenizer, preprocess, args.world, split=args.split,
