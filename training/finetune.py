@@ -294,32 +294,13 @@ def main(argv=None) -> int:
 
 
 def _train(args, info: DistInfo, device) -> int:
-    from .data import make_loader
-
     if args.name is None:
         args.name = f"{args.loss}-{args.model}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     run_dir = os.path.join(args.logs, args.name)
     if info.is_master:
         os.makedirs(run_dir, exist_ok=True)
     setup_logging(run_dir, info.is_master)
-    torch.manual_seed(args.seed + info.rank)
-    import random
-
-    import numpy as np
-    random.seed(args.seed + info.rank)
-    np.random.seed(args.seed + info.rank)
-
-    # data source
-    train_path = args.train_data
-    if train_path is None:
-        world = os.path.join(args.logs, args.name, "world")
-        if info.is_master and not os.path.isfile(os.path.join(world, "meta.json")):
-            generate_world(world, args)
-        if info.distributed:
-            dist.barrier()
-        train_path = world
-    val_path = args.val_data or train_path
-
+    torch.manual_seed(args.seed)          # the same initial weights on every rank
     # model, recipe, loss
     semantic = None
     if args.loss == "alignclip":
@@ -334,10 +315,27 @@ def _train(args, info: DistInfo, device) -> int:
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise ValueError("every parameter is frozen (--lock-image and --lock-text?): nothing to train")
+    _seed_everything(args.seed + info.rank)   # per-rank augmentation streams from here on
     ddp = info.distributed and args.grad_cache_chunk is None
+    if info.distributed and not ddp:
+        for t in unwrapped.state_dict().values():
+            dist.broadcast(t, 0)
     if ddp:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    # data source
+    train_path = args.train_data
+    if train_path is None:
+        world = os.path.join(args.logs, args.name, "world")
+        if info.is_master and not os.path.isfile(os.path.join(world, "meta.json")):
+            generate_world(world, args)
+        if info.distributed:
+            dist.barrier()
+        train_path = world
+    val_path = args.val_data or train_path
+
+    from .data import make_loader
 
     train_file = resolve_data(train_path, recipe.data_kind, "train")
     loader, sampler, stats = make_loader(
@@ -495,7 +493,7 @@ def _train(args, info: DistInfo, device) -> int:
             if epoch_finished:
                 epoch += 1
                 batch_in_epoch = 0
-                if not interrupted:
+                if not interrupted and args.save_frequency and epoch % args.save_frequency == 0:
                     save(epoch_done=epoch)
         if interrupted:
             save()
@@ -516,6 +514,15 @@ def _train(args, info: DistInfo, device) -> int:
             log.warning("plot failed: %s", e)
     log.info("done: %d steps, run folder %s", step, run_dir)
     return 0
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def _report_skipped(stats, epoch, info, device, partial=False):

@@ -82,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--logs", default="./logs")
     a("--name", default=None, help="run folder name under --logs (default: <loss>-<model>-<time>)")
     a("--resume", default=None, help="checkpoint path or 'latest' (the newest in this run's checkpoints folder)")
-    a("--save-every", type=int, default=0, help="also save a checkpoint every N steps (0: only per epoch and at the end)")
+    a("--save-frequency", type=int, default=1, help="keep epoch_N.pt every N epochs (0: none; latest.pt is "
+      "always written at the end, on SIGINT and with --save-every)")
+    a("--save-every", type=int, default=0, help="also write latest.pt every N steps (0: off)")
     a("--eval-every", type=int, default=0, help="evaluate every N steps (0: only at the end)")
     a("--no-eval", action="store_true", default=False, help="skip the evaluations")
     a("--eval-batch-size", type=_positive_int("--eval-batch-size"), default=256)
