@@ -141,6 +141,10 @@ def test_confused_pairs_from_known_confusion():
     assert evals.confused_pairs(m, k=2) == [(0, 1, 5), (2, 3, 3)]
     assert evals.confused_pairs(m, k=10) == [(0, 1, 5), (2, 3, 3), (0, 3, 1), (1, 2, 1)]
     assert evals.confused_pairs(torch.eye(3, dtype=torch.long) * 4, k=3) == []
+    with pytest.raises(ValueError, match="confusion"):
+        evals.confused_pairs(torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="k must"):
+        evals.confused_pairs(m, k=0)
 
 
 def test_comparison_text_sources():
@@ -358,14 +362,16 @@ def test_evaluate_model_on_tiny_world(tmp_path, tiny_clip):
     with torch.no_grad():
         img = model.encode_image(torch.stack([preprocess(Image.open(world / p).convert("RGB")) for p, _ in rows]))
         txt = model.encode_text(tokenizer([c for _, c in rows]))
-        cls = model.encode_text(tokenizer([f"a photo of a {c}." for c in json.loads((world / "meta.json").read_text())["classes"]]))
+        names = json.loads((world / "meta.json").read_text())["classes"]
+        cls = model.encode_text(tokenizer([f"a photo of a {c}." for c in names]))
         diffs = [json.loads(line) for line in (world / "val_diffs.jsonl").read_text().splitlines()]
         dtxt = model.encode_text(tokenizer([d["text"] for d in diffs]))
     ret = evals.retrieval(img, txt)
     for k in ret:
         assert m[k] == pytest.approx(ret[k], abs=1e-6)
     assert m["alignment"] == pytest.approx(evals.alignment(img, txt)["alignment"], abs=1e-5)
-    labels = torch.tensor([json.loads(line)["class"] for line in (world / "val_attributes.jsonl").read_text().splitlines()])
+    attrs = (world / "val_attributes.jsonl").read_text().splitlines()
+    labels = torch.tensor([json.loads(line)["class"] for line in attrs])
     assert m["zs_top1"] == pytest.approx(evals.zero_shot(img, cls, labels)["top1"])
     held = [i for i in range(12) if i % 3 == 2 and (i // 3) % 2 == 1]  # blue squares
     assert m["zs_top1_heldout"] == pytest.approx(evals.zero_shot(img[held], cls, labels[held])["top1"])

@@ -175,9 +175,10 @@ def difference_classification(image_emb, pairs, diff_text_emb) -> dict:
 def confused_pairs(confusion, k: int = 3) -> list[tuple[int, int, int]]:
     """The k most-confused unordered class pairs as (a, b, count), a < b, count = confusion[a, b] +
     confusion[b, a] > 0, largest first (ties by (a, b)). Fewer than k when fewer pairs are confused."""
-    if not isinstance(confusion, torch.Tensor) or confusion.dim() != 2 or confusion.shape[0] != confusion.shape[1]:
-        raise ValueError(f"confusion must be a square 2-D tensor, got "
-                         f"{tuple(confusion.shape) if isinstance(confusion, torch.Tensor) else type(confusion).__name__}")
+    if not isinstance(confusion, torch.Tensor):
+        raise TypeError(f"confusion must be a torch.Tensor, got {type(confusion).__name__}")
+    if confusion.dim() != 2 or confusion.shape[0] != confusion.shape[1]:
+        raise ValueError(f"confusion must be a square 2-D tensor, got shape {tuple(confusion.shape)}")
     _pos_int("k", k)
     m = confusion.detach().cpu().long()
     sym = torch.triu(m + m.T, diagonal=1)
