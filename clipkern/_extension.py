@@ -231,7 +231,7 @@ def describe(allow_jit: bool = False) -> str:
         return f"not built; compiled on first use of backend='cuda' (JIT, cached in {cache_dir()})"
     if load() is None:
         return f"unavailable: {_STATE['reason']}"
-    kernels = "CUDA kernels compiled in" if has_cuda() else "CPU implementations only (no CUDA kernels compiled in)"
+    kernels = "CUDA kernels: compiled in" if has_cuda() else "CUDA kernels: none (C++ CPU implementations only)"
     return (f"{_STATE['path']} ({_STATE['file']}), built for torch {torch.ops.clipkern.torch_version()}, "
             f"{kernels}")
 

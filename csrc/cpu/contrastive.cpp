@@ -69,7 +69,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> contrastive_fwd_cpu(c
   const at::Tensor x = x_in.to(acc).contiguous(), y = y_in.to(acc).contiguous();
   const at::Tensor s = scale.to(acc).reshape({});
   const int64_t M = x.size(0), N = y.size(0);
-  at::Tensor row_max = at::empty({M}, x.options()), row_logsum = at::empty({M}, x.options());
+  const double nan = std::numeric_limits<double>::quiet_NaN();  // unwritten outputs would show as NaN
+  at::Tensor row_max = at::full({M}, nan, x.options()), row_logsum = at::full({M}, nan, x.options());
   // column statistics merged over row blocks: running max and Σ exp(S − running max)
   at::Tensor col_max = at::full({N}, -std::numeric_limits<double>::infinity(), x.options());
   at::Tensor col_sum = at::zeros({N}, x.options());
@@ -111,7 +112,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_bwd_cpu(
   const at::Tensor row_lse = (row_max.to(acc) + row_logsum.to(acc)).unsqueeze(1);
   const at::Tensor col_lse = (col_max.to(acc) + col_logsum.to(acc)).unsqueeze(0);
   const at::Tensor gr = g_row.to(acc).unsqueeze(1), gc = g_col.to(acc).unsqueeze(0);
-  at::Tensor dx = at::empty({M, D}, x.options());
+  at::Tensor dx = at::full({M, D}, std::numeric_limits<double>::quiet_NaN(), x.options());
   at::Tensor dy = at::zeros({N, D}, x.options());
   at::Tensor dscale = at::zeros({}, x.options());
   const at::Tensor yt = y.t();

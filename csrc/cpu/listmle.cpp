@@ -83,7 +83,7 @@ at::Tensor listmle_fwd_cpu(const at::Tensor& scores, const at::Tensor& targets, 
   check_pair(scores, targets);
   const int64_t B = scores.size(0), N = scores.size(1);
   const at::Tensor q = scores.to(at::kDouble).contiguous(), t = targets.to(at::kDouble).contiguous();
-  at::Tensor loss = at::empty({B}, q.options());
+  at::Tensor loss = at::full({B}, std::numeric_limits<double>::quiet_NaN(), q.options());
   const double *qp = q.data_ptr<double>(), *tp = t.data_ptr<double>();
   double* lp = loss.data_ptr<double>();
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
@@ -106,7 +106,7 @@ at::Tensor listmle_bwd_cpu(const at::Tensor& scores, const at::Tensor& targets, 
               "clipkern::listmle_bwd: g must be a floating tensor of shape (", B, ",), got ", g.sizes());
   const at::Tensor q = scores.to(at::kDouble).contiguous(), t = targets.to(at::kDouble).contiguous();
   const at::Tensor gd = g.to(at::kCPU).to(at::kDouble).contiguous();
-  at::Tensor grad = at::empty({B, N}, q.options());
+  at::Tensor grad = at::full({B, N}, std::numeric_limits<double>::quiet_NaN(), q.options());
   const double *qp = q.data_ptr<double>(), *tp = t.data_ptr<double>(), *gp = gd.data_ptr<double>();
   double* dp = grad.data_ptr<double>();
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {

@@ -105,7 +105,8 @@ std::tuple<at::Tensor, at::Tensor> pairdiff_fwd_cpu(const at::Tensor& a_in, cons
   const auto acc = acc_type(a_in);
   const at::Tensor a = a_in.to(acc).contiguous(), r = r_in.to(acc).contiguous();
   const int64_t P = a.size(0), N = a.size(1);
-  at::Tensor lmax = at::empty({P}, a.options()), lsum = at::empty({P}, a.options());
+  const double nan = std::numeric_limits<double>::quiet_NaN();  // unwritten outputs would show as NaN
+  at::Tensor lmax = at::full({P}, nan, a.options()), lsum = at::full({P}, nan, a.options());
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "pairdiff_fwd_cpu", [&] {
     fwd_loop<scalar_t>(a.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(), scale.to(acc).item<scalar_t>(), P, N,
                        lmax.data_ptr<scalar_t>(), lsum.data_ptr<scalar_t>());
@@ -125,7 +126,8 @@ std::tuple<at::Tensor, at::Tensor> pairdiff_bwd_cpu(const at::Tensor& a_in, cons
   const at::Tensor a = a_in.to(acc).contiguous(), r = r_in.to(acc).contiguous();
   const at::Tensor lmax = lse_max.to(acc).contiguous(), lsum = lse_logsum.to(acc).contiguous();
   const at::Tensor g = g_in.to(acc).contiguous();
-  at::Tensor u = at::empty({P, N}, a.options()), t = at::empty({N, N}, a.options());
+  const double nan = std::numeric_limits<double>::quiet_NaN();  // unwritten outputs would show as NaN
+  at::Tensor u = at::full({P, N}, nan, a.options()), t = at::full({N, N}, nan, a.options());
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "pairdiff_bwd_cpu", [&] {
     bwd_loop<scalar_t>(a.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(), scale.to(acc).item<scalar_t>(),
                        lmax.data_ptr<scalar_t>(), lsum.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), P, N,
