@@ -74,10 +74,18 @@ def test_more_rows_than_columns_needs_labels(loss_backend):
         _call(loss, backend, features(6, 8), features(4, 8))
 
 
-def test_unknown_or_unavailable_backend():
+def _extension_missing(monkeypatch):
+    """Simulate a clipkern without its C++/CUDA extension (the real one may be built here)."""
+    from clipkern import _extension
+
+    monkeypatch.setattr(_extension, "unavailable_reason", lambda: "clipkern._C is not built")
+
+
+def test_unknown_or_unavailable_backend(monkeypatch):
     a, c = features(4, 8), features(4, 8)
     with pytest.raises(ValueError, match="backend must be one of"):
         CF.clip_loss(a, c, torch.tensor(1.0), backend="tpu")
+    _extension_missing(monkeypatch)
     with pytest.raises(clipkern.BackendUnavailable, match="backend='cuda' is unavailable: the CUDA extension"):
         CF.clip_loss(a, c, torch.tensor(1.0), backend="cuda")
     with pytest.raises(TypeError, match="float64"):
@@ -86,6 +94,7 @@ def test_unknown_or_unavailable_backend():
 
 def test_env_override_of_auto(monkeypatch):
     monkeypatch.setenv("CLIPKERN_BACKEND", "cuda")
+    _extension_missing(monkeypatch)
     with pytest.raises(clipkern.BackendUnavailable):
         CF.clip_loss(features(4, 8), features(4, 8), torch.tensor(1.0))
     monkeypatch.setenv("CLIPKERN_BACKEND", "bogus")
