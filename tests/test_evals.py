@@ -312,9 +312,10 @@ def make_world(root, n=12):
                       "count": 1, "class": classes.index(f"{colour} {shape}")})
         paras.append({"image": rel, "caption": caption, "para1": f"{colour} {shape}",
                       "para2": f"one {shape} coloured {colour}"})
-        if i:
-            prev = f"images/val/{i - 1:06d}.png"
+        prev = f"images/val/{i - 1:06d}.png"  # one record per consecutive pair (an odd count: no exact 0.5)
+        if i % 2:
             diffs.append({"image_a": rel, "image_b": prev, "text": "the first object is larger than the second"})
+        elif i:
             diffs.append({"image_a": prev, "image_b": rel, "text": "the first object is smaller than the second"})
     (root / "val.csv").write_text("\n".join(csv_lines) + "\n")
     for name, recs in (("val_attributes", attrs), ("val_paraphrases", paras), ("val_diffs", diffs)):
@@ -376,6 +377,7 @@ def test_evaluate_model_on_tiny_world(tmp_path, tiny_clip):
     held = [i for i in range(12) if i % 3 == 2 and (i // 3) % 2 == 1]  # blue squares
     assert m["zs_top1_heldout"] == pytest.approx(evals.zero_shot(img[held], cls, labels[held])["top1"])
     pairs = torch.tensor([[int(d["image_a"][-10:-4]), int(d["image_b"][-10:-4])] for d in diffs])
+    assert len(pairs) == 11  # odd: swapping image_a/image_b would give 1 − diff_acc ≠ diff_acc
     assert m["diff_acc"] == pytest.approx(evals.difference_classification(img, pairs, dtxt)["diff_acc"])
 
 
