@@ -13,6 +13,9 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <limits>
+#include <string>
 #include <tuple>
 
 #include "contrastive.cuh"
@@ -64,6 +67,22 @@ Tensor scale_f32(const Tensor& scale, const Tensor& ref, const char* op) {
   return scale.to(ref.device()).contiguous();
 }
 
+// Output / partial buffers. With CLIPKERN_NAN_FILL=1 (the tests set it, as for the Triton launchers)
+// they start as NaN, so that an element a kernel forgot to write shows up.
+bool nan_fill() {
+  static const bool on = [] {
+    const char* v = std::getenv("CLIPKERN_NAN_FILL");
+    return v != nullptr && v[0] != '\0' && std::string(v) != "0";
+  }();
+  return on;
+}
+
+Tensor new_buffer(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  Tensor t = at::empty(sizes, options);
+  if (nan_fill()) t.fill_(std::numeric_limits<float>::quiet_NaN());
+  return t;
+}
+
 int sm_count() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
 
 // ------------------------------------------------------------------------------------------------------
@@ -94,10 +113,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> contrastive_fwd_cuda(const Tensor& x_
   col_splits = ceil_div(cb, cb_per);
 
   const auto f32 = x.options().dtype(at::kFloat);
-  Tensor row_part_m = at::empty({col_splits, M}, f32), row_part_l = at::empty({col_splits, M}, f32);
-  Tensor col_part_m = at::empty({row_splits, N}, f32), col_part_l = at::empty({row_splits, N}, f32);
-  Tensor row_max = at::empty({M}, f32), row_logsum = at::empty({M}, f32);
-  Tensor col_max = at::empty({N}, f32), col_logsum = at::empty({N}, f32);
+  Tensor row_part_m = new_buffer({col_splits, M}, f32), row_part_l = new_buffer({col_splits, M}, f32);
+  Tensor col_part_m = new_buffer({row_splits, N}, f32), col_part_l = new_buffer({row_splits, N}, f32);
+  Tensor row_max = new_buffer({M}, f32), row_logsum = new_buffer({M}, f32);
+  Tensor col_max = new_buffer({N}, f32), col_logsum = new_buffer({N}, f32);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   dispatch_feature_type(x, op, "x", [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -175,8 +194,8 @@ std::tuple<Tensor, Tensor, Tensor> contrastive_bwd_cuda(const Tensor& x_in, cons
   const Tensor col_logsum = vector_f32(col_logsum_in, N, x_in, op, "col_logsum");
   const Tensor g_row = vector_f32(g_row_in, M, x_in, op, "g_row");
   const Tensor g_col = vector_f32(g_col_in, N, x_in, op, "g_col");
-  Tensor dx = at::empty_like(x, at::MemoryFormat::Contiguous), dy = at::empty_like(y, at::MemoryFormat::Contiguous);
-  Tensor dscale_part = at::empty({ceil_div(M, contrastive::B_OWN)}, x.options().dtype(at::kFloat));
+  Tensor dx = new_buffer(x.sizes(), x.options()), dy = new_buffer(y.sizes(), y.options());
+  Tensor dscale_part = new_buffer({ceil_div(M, contrastive::B_OWN)}, x.options().dtype(at::kFloat));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   dispatch_feature_type(x, op, "x", [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -211,8 +230,8 @@ std::tuple<Tensor, Tensor> pairdiff_fwd_cuda(const Tensor& a_in, const Tensor& r
   using namespace pairdiff;
   const int splits = ceil_div(N, PF_I);
   const auto f32 = a.options();
-  Tensor part_m = at::empty({P, splits}, f32), part_l = at::empty({P, splits}, f32);
-  Tensor lse_max = at::empty({P}, f32), lse_logsum = at::empty({P}, f32);
+  Tensor part_m = new_buffer({P, splits}, f32), part_l = new_buffer({P, splits}, f32);
+  Tensor lse_max = new_buffer({P}, f32), lse_logsum = new_buffer({P}, f32);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   pairdiff_fwd_kernel<<<dim3(ceil_div(P, PF_P), splits), PF_NT, 0, stream>>>(
       a.data_ptr<float>(), r.data_ptr<float>(), scale.data_ptr<float>(), part_m.data_ptr<float>(),
@@ -237,7 +256,7 @@ std::tuple<Tensor, Tensor> pairdiff_bwd_cuda(const Tensor& a_in, const Tensor& r
   const Tensor g = vector_f32(g_in, P64, a_in, op, "g");
   const int P = static_cast<int>(P64), N = static_cast<int>(a.size(1));
   using namespace pairdiff;
-  Tensor u = at::empty({P, N}, a.options()), t = at::empty({N, N}, a.options());
+  Tensor u = new_buffer({P, N}, a.options()), t = new_buffer({N, N}, a.options());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   pairdiff_bwd_u_kernel<<<dim3(ceil_div(P, PU_P), ceil_div(N, PU_K)), PU_NT, 0, stream>>>(
       a.data_ptr<float>(), r.data_ptr<float>(), scale.data_ptr<float>(), lse_max.data_ptr<float>(),
@@ -285,7 +304,7 @@ Tensor listmle_fwd_cuda(const Tensor& scores_in, const Tensor& targets_in, bool 
   const c10::cuda::CUDAGuard guard(scores_in.device());
   const Tensor scores = scores_in.contiguous(), targets = targets_in.to(at::kFloat).contiguous();
   const int B = static_cast<int>(scores.size(0)), N = static_cast<int>(scores.size(1));
-  Tensor loss = at::empty({B}, scores.options().dtype(at::kFloat));
+  Tensor loss = new_buffer({B}, scores.options().dtype(at::kFloat));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   dispatch_feature_type(scores, op, "scores", [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -308,7 +327,7 @@ Tensor listmle_bwd_cuda(const Tensor& scores_in, const Tensor& targets_in, const
   const Tensor scores = scores_in.contiguous(), targets = targets_in.to(at::kFloat).contiguous();
   const Tensor g = vector_f32(g_in, scores_in.size(0), scores_in, op, "g");
   const int B = static_cast<int>(scores.size(0)), N = static_cast<int>(scores.size(1));
-  Tensor grad = at::empty_like(scores, at::MemoryFormat::Contiguous);
+  Tensor grad = new_buffer(scores.sizes(), scores.options());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   dispatch_feature_type(scores, op, "scores", [&](auto tag) {
     using T = typename decltype(tag)::type;
