@@ -12,6 +12,8 @@ Providers:
                    their time means nothing)
   clipkern-listed  the paper's listed-pairs form (P×P) on the fused contrastive kernel: a different,
                    much smaller loss, shown for scale only (its loss value is not comparable)
+  cuda             pairwise_difference_loss(all_pairs=True, backend="cuda"): the csrc CUDA pairdiff
+                   kernels (skipped with the reason without a GPU or a built extension)
   torch            clipkern.ops.pairdiff.reference.all_pairs_loss, eager: builds the N×N×D
                    differences and the P×N×N logits
   torch.compile    the same, torch.compile(dynamic=False)
@@ -30,7 +32,7 @@ import torch
 
 from . import common as C
 
-PROVIDERS = ("clipkern", "clipkern-listed", "torch", "torch.compile")
+PROVIDERS = ("clipkern", "clipkern-listed", "cuda", "torch", "torch.compile")
 METRICS = ("time_ms", "peak_mem_mib")
 LOSS = "pcclip-all-pairs"
 
@@ -59,6 +61,14 @@ def build(name: str, device: torch.device, dtype: torch.dtype, pairs_of) -> C.Pr
                 return CF.pairwise_difference_loss(t, i, pairs_of(i), s, all_pairs=all_pairs, backend=used)
 
             return C.Provider(name, LOSS, fn, used + (" (interpreted)" if note else ""), note)
+
+        if name == "cuda":  # all-pairs form with the csrc CUDA pairdiff kernels
+            used = C.cuda_backend(device, dtype)
+
+            def cuda_fn(i, t, s, b):
+                return CF.pairwise_difference_loss(t, i, pairs_of(i), s, all_pairs=True, backend=used)
+
+            return C.Provider(name, LOSS, cuda_fn, used)
 
         def naive(i, t, s, b):
             return all_pairs_loss(t, i, pairs_of(i), s.to(t.dtype))

@@ -11,6 +11,9 @@ then backward to V, T and s. Providers:
                    B ≤ FUSED_MAX_N, the ListMLE matrix kernels above (on CPU: the reference, or the
                    Triton kernels interpreted if TRITON_INTERPRET=1 is set: their time means nothing)
   clipkern-matrix  the same with fused=False: L and the Gram matrices in fp32 + the matrix kernels
+  cuda             the matrix path with backend="cuda": the csrc CUDA ListMLE kernels (CUB block
+                   radix sort + scans; rows up to 8192); skipped with the reason without a GPU or a
+                   built extension
   torch            the naive torch reference (clipkern.ops.ranking.reference.rankclip_terms: sort,
                    gather, flip + logcumsumexp per call), eager
   torch.compile    the same, torch.compile(dynamic=False)
@@ -32,7 +35,7 @@ import torch
 
 from . import common as C
 
-PROVIDERS = ("clipkern", "clipkern-matrix", "torch", "torch.compile")
+PROVIDERS = ("clipkern", "clipkern-matrix", "cuda", "torch", "torch.compile")
 METRICS = ("time_ms", "peak_mem_mib")
 
 
@@ -68,6 +71,9 @@ def build(name: str, device: torch.device, dtype: torch.dtype) -> C.Provider:
             fused = None if name == "clipkern" else False
             return C.Provider(name, "rankclip-listmle", _terms_fn(used, fused),
                               used + (" (interpreted)" if note else ""), note)
+        if name == "cuda":  # the matrix path with the csrc CUDA ListMLE kernels (CUB sort + scans)
+            used = C.cuda_backend(device, dtype)
+            return C.Provider(name, "rankclip-listmle", _terms_fn(used, False), used)
         if name == "torch":
             return C.Provider(name, "rankclip-listmle", _naive, "eager")
         if name == "torch.compile":

@@ -16,6 +16,8 @@ What is measured, everywhere in benchmarks/:
 Providers (one callable `fn(image, text, logit_scale, logit_bias) -> 0-d loss` each):
   clipkern       clipkern.functional.clip_loss / siglip_loss: `auto` on CUDA (triton), on CPU the
                  reference backend, or triton when TRITON_INTERPRET=1 (interpreted: timing meaningless)
+  cuda           clipkern.functional.clip_loss(backend="cuda"): the csrc CUDA extension's kernels
+                 (CUDA device and a built extension only; otherwise skipped with the reason)
   torch          clipkern.ops.*.reference, eager
   torch.compile  torch.compile of that reference (dynamic=False: one graph per shape)
   open_clip      open_clip.loss.ClipLoss / SigLipLoss
@@ -45,7 +47,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, 
 LOSSES = ("clip", "siglip")  # the open_clip drop-ins (the demo compares these with open_clip)
 BENCH_LOSSES = LOSSES + ("imsep",)  # every family the sweep and the pytest-benchmark suite cover
 PROVIDERS = {
-    "clip": ("clipkern", "torch", "torch.compile", "open_clip", "inf-cl"),
+    "clip": ("clipkern", "cuda", "torch", "torch.compile", "open_clip", "inf-cl"),
     "siglip": ("clipkern", "torch", "torch.compile", "open_clip"),
     "imsep": ("clipkern", "torch", "torch.compile"),
 }
@@ -162,6 +164,28 @@ def _clipkern(loss, device, dtype, D):
                     used + (" (interpreted)" if note else ""), note)
 
 
+def cuda_backend(device: torch.device, dtype: torch.dtype) -> str:
+    """'cuda' when the csrc extension's CUDA kernels can run here; ProviderUnavailable (or the
+    backend's own BackendUnavailable / TypeError, which build_provider turns into one) says why not."""
+    if device.type != "cuda":
+        raise ProviderUnavailable("the csrc CUDA kernels need a CUDA device")
+    from clipkern import _backend
+
+    return _backend.resolve("cuda", device, dtype)
+
+
+CUDA_LOSSES = ("clip",)  # the families with CUDA kernels among LOSSES/BENCH_LOSSES
+
+
+def _cuda(loss, device, dtype, D):
+    if loss not in CUDA_LOSSES:
+        raise ProviderUnavailable(f"the CUDA extension has no kernel for the {loss} loss")
+    import clipkern.functional as CF
+
+    used = cuda_backend(device, dtype)
+    return Provider("cuda", loss, lambda i, t, s, b: CF.clip_loss(i, t, s, b, backend=used), used)
+
+
 def reference_fn(loss):
     """The plain torch reference (clipkern.ops.*.reference) as a provider fn, labels = arange(B).
     One code object per loss, so torch.compile's per-code graph cache is not shared between losses."""
@@ -228,7 +252,7 @@ def _inf_cl(loss, device, dtype, D):
     return Provider("inf-cl", loss, fn, f"triton, head_dim={head_dim}", "computes in fp32 (casts inputs)")
 
 
-_FACTORIES = {"clipkern": _clipkern, "torch": _torch, "torch.compile": _torch_compile,
+_FACTORIES = {"clipkern": _clipkern, "cuda": _cuda, "torch": _torch, "torch.compile": _torch_compile,
               "open_clip": _open_clip, "inf-cl": _inf_cl}
 
 
