@@ -10,7 +10,8 @@ Each image shows `count` (1–3) copies of one object on a black background. An 
 - brightness ∈ [0.35, 1]: the fill is brightness × the colour's RGB;
 - position: the image is a 2×2 grid of cells; each object sits in its own cell (so objects never
   overlap and the count is visible) with a random jitter that keeps it inside the cell.
-Objects are drawn at 4× and box-filtered down, so size and position are continuous in the pixels.
+Objects are rasterised analytically at 4×4 samples per pixel and averaged (anti-aliased), so size and
+position are continuous in the pixels.
 
 Splits: some colour×shape combinations (meta.json "held_out_combinations") appear only in val; train
 is balanced over the other classes, val over all classes with the held-out ones guaranteed.
@@ -41,7 +42,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 __all__ = ["SHAPES", "COLOURS", "MARGINS", "class_names", "generate_world", "main"]
 
@@ -155,46 +156,49 @@ def sample_attributes(rng: np.random.Generator, n: int, classes: np.ndarray, fir
 
 # ------------------------------------------------------------------ drawing ----------------------------------
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill) -> None:
-    """One object of area π r² centred at (cx, cy)."""
+def shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
+    """Whether the points (dx, dy), offsets from the centre, lie inside an object of area π r²."""
+    ax, ay = np.abs(dx), np.abs(dy)
     if shape == "circle":
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
-    elif shape == "square":
+        return dx * dx + dy * dy <= r * r
+    if shape == "square":
         h = math.sqrt(math.pi) * r / 2
-        draw.rectangle([cx - h, cy - h, cx + h, cy + h], fill=fill)
-    elif shape == "diamond":
-        d = _BOUND["diamond"] * r
-        draw.polygon([(cx, cy - d), (cx + d, cy), (cx, cy + d), (cx - d, cy)], fill=fill)
-    elif shape == "triangle":
+        return np.maximum(ax, ay) <= h
+    if shape == "diamond":
+        return ax + ay <= _BOUND["diamond"] * r
+    if shape == "triangle":  # equilateral, apex up (y grows downwards); inside all three edges
         R = _BOUND["triangle"] * r
-        draw.polygon([(cx + R * math.cos(a), cy + R * math.sin(a))
-                      for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)], fill=fill)
-    elif shape == "cross":
+        inside = np.ones(np.broadcast_shapes(dx.shape, dy.shape), dtype=bool)
+        for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6):  # vertex directions
+            inside &= -(dx * math.cos(a) + dy * math.sin(a)) <= R / 2  # the edge opposite that vertex
+        return inside
+    if shape == "cross":
         L = math.sqrt(9 * math.pi / 20) * r
         w = L / 3
-        draw.rectangle([cx - L, cy - w, cx + L, cy + w], fill=fill)
-        draw.rectangle([cx - w, cy - L, cx + w, cy + L], fill=fill)
-    else:
-        raise ValueError(f"unknown shape {shape!r}")
+        return ((ax <= L) & (ay <= w)) | ((ax <= w) & (ay <= L))
+    raise ValueError(f"unknown shape {shape!r}")
 
 
 def render(attrs: dict, i: int, image_size: int) -> Image.Image:
-    """Image i of an attribute table, image_size × image_size RGB."""
+    """Image i of an attribute table, image_size × image_size RGB. Coverage is sampled at SUPERSAMPLE²
+    points per pixel (pixel centres of the fine grid) and averaged, so edges are anti-aliased and the
+    pixel mass is the object's area to within the sampling error."""
     big = image_size * SUPERSAMPLE
     cell = big / GRID
     shape = SHAPES[attrs["shape"][i]]
-    base = np.array(COLOURS[list(COLOURS)[attrs["colour"][i]]], dtype=np.float64)
-    fill = tuple(int(v) for v in np.rint(base * attrs["brightness"][i]))
+    fill = np.array(COLOURS[list(COLOURS)[attrs["colour"][i]]], dtype=np.float64) * attrs["brightness"][i]
     r = attrs["size"][i] * 0.92 * (cell / 2) / _MAX_BOUND
     slack = max(0.92 * cell / 2 - _BOUND[shape] * r, 0.0)
-    img = Image.new("RGB", (big, big), (0, 0, 0))
-    draw = ImageDraw.Draw(img)
+    grid = np.arange(big, dtype=np.float64) + 0.5
+    mask = np.zeros((big, big), dtype=bool)
     for k in range(attrs["count"][i]):
         c = attrs["cells"][i, k]
         cx = (c % GRID + 0.5) * cell + slack * attrs["jitter"][i, k, 0]
         cy = (c // GRID + 0.5) * cell + slack * attrs["jitter"][i, k, 1]
-        _draw_shape(draw, shape, cx, cy, r, fill)
-    return img.resize((image_size, image_size), Image.Resampling.BOX)
+        mask |= shape_mask(shape, grid[None, :] - cx, grid[:, None] - cy, r)
+    coverage = mask.reshape(image_size, SUPERSAMPLE, image_size, SUPERSAMPLE).mean(axis=(1, 3))
+    pixels = np.rint(coverage[:, :, None] * fill[None, None, :]).astype(np.uint8)
+    return Image.fromarray(pixels, mode="RGB")
 
 
 # ------------------------------------------------------------------ texts ------------------------------------
