@@ -61,7 +61,7 @@ def _records(world: Path, kind: str) -> int:
 
 
 def _fast(tmp_path, name="run"):
-    return ["--backend", "reference", "--no-eval", "--no-plot", "--save-frequency", "0", "--logs", str(tmp_path),
+    return ["--backend", "reference", "--no-eval", "--no-plot", "--save-frequency", "0", "--logs-dir", str(tmp_path),
             "--name", name]
 
 
@@ -128,10 +128,10 @@ def test_triton_backend_runs_the_loop(tmp_path):
 
 def test_eval_metrics_and_plot(tmp_path):
     world = make_world(tmp_path / "world", n_train=16)
-    run_finetune(["--loss", "clip", "--train-data", world, "--batch-size", 8, "--max-steps", 4, "--eval-every", 2,
+    run_finetune(["--loss", "clip", "--train-data", world, "--batch-size", 8, "--epochs", 2, "--max-steps", 4, "--eval-every", 2,
                   "--backend", "reference", "--logs", tmp_path, "--name", "run"])
     evals = metrics(tmp_path / "run", kind="eval")
-    assert [e["step"] for e in evals] == [2, 4, 4]       # every 2 steps, and at the end
+    assert [e["step"] for e in evals] == [2, 4]       # every 2 steps; the final one is not repeated
     assert all("top1" in e or any(k.endswith("top1") for k in e) for e in evals), evals[0]
     assert (tmp_path / "run" / "metrics.png").stat().st_size > 1000
     assert "done: 4 steps" in (tmp_path / "run" / "out.log").read_text()
@@ -180,7 +180,7 @@ def _torchrun(tmp_path, world, name, extra):
     env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     env.pop("CLIPKERN_BACKEND", None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "training.finetune", "--train-data", str(world), "--batch-size", "8", "--max-steps", "3",
+           "-m", "training.finetune", "--train-data", str(world), "--batch-size", "8", "--epochs", "2", "--max-steps", "3",
            "--lr", "1e-3", "--local-loss", "--gather-with-grad", *_fast(tmp_path, name), *extra]
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400,
                          stdin=subprocess.DEVNULL)

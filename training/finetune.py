@@ -382,12 +382,15 @@ def _train(args, info: DistInfo, device) -> int:
             metrics_file.flush()
 
     epoch_rng = None
+    loader_gen = getattr(getattr(loader, "loader", loader), "generator", None)
 
     def make_state():
         return {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "model": unwrapped.state_dict(),
                 "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                 "args": vars(args), "model_name": args.model, "model_cfg": model_config(args.model, unwrapped),
-                "rng": ckpt_mod.rng_state(), "epoch_rng": epoch_rng}
+                "rng": {**ckpt_mod.rng_state(),
+                        **({"loader_generator": loader_gen.get_state()} if loader_gen is not None else {})},
+                "epoch_rng": epoch_rng}
 
     def save(epoch_done=None):
         if semantic is not None and info.is_master:
@@ -396,9 +399,12 @@ def _train(args, info: DistInfo, device) -> int:
             path = ckpt_mod.save_checkpoint(make_state(), run_dir, epoch_done=epoch_done)
             log.info("checkpoint: %s (step %d)", path, step)
 
+    last_eval_step = [None]
+
     def evaluate():
-        if args.no_eval or world_dir is None or not info.is_master:
+        if args.no_eval or world_dir is None or not info.is_master or last_eval_step[0] == step:
             return
+        last_eval_step[0] = step
         m = _run_eval(unwrapped, tokenizer, preprocess_val, world_dir, device, args)
         if m:
             log.info("eval at step %d: %s", step, ", ".join(f"{k}={v:.4f}" for k, v in sorted(m.items())))
@@ -412,8 +418,13 @@ def _train(args, info: DistInfo, device) -> int:
     with _Interrupt() as interrupt:
         while epoch < args.epochs and not done:
             if resume_state is not None:   # mid-epoch: the epoch's start; at an epoch boundary: now
-                ckpt_mod.set_rng_state(resume_state["epoch_rng"] if batch_in_epoch > 0 else resume_state["rng"])
+                state = resume_state["epoch_rng"] if batch_in_epoch > 0 else resume_state["rng"]
+                ckpt_mod.set_rng_state(state)
+                if loader_gen is not None and state.get("loader_generator") is not None:
+                    loader_gen.set_state(state["loader_generator"])
             epoch_rng = ckpt_mod.rng_state()
+            if loader_gen is not None:      # draws the worker seeds of each epoch's iterator
+                epoch_rng["loader_generator"] = loader_gen.get_state()
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(epoch)
             recipe.set_epoch(epoch)
@@ -473,7 +484,7 @@ def _train(args, info: DistInfo, device) -> int:
                 bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}")
                 if info.is_master and args.log_every and step % args.log_every == 0:
                     log.info("step %d epoch %d lr %.3e loss %.5f (%s) logit_scale %.3f %.1f samples/s", step, epoch,
-                             lr, row["loss"], ", ".join(f"{k}={float(v):.5f}" for k, v in terms.items()),
+                             lr, row["loss"], ", ".join(f"{k}={float(v.detach()):.5f}" for k, v in terms.items()),
                              row["logit_scale"], row["samples_per_s"])
                 if args.eval_every and step % args.eval_every == 0:
                     evaluate()

@@ -79,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     # run
     a("--seed", type=int, default=0)
     a("--device", default=None, help="cpu / cuda (default: cuda when available, with LOCAL_RANK)")
-    a("--logs", default="./logs")
+    a("--logs", "--logs-dir", dest="logs", default="./logs",
+      help="folder of the run folders (under torchrun use --logs-dir: torchrun's own parser rejects --logs as "
+      "an ambiguous abbreviation of its --logs-specs)")
     a("--name", default=None, help="run folder name under --logs (default: <loss>-<model>-<time>)")
     a("--resume", default=None, help="checkpoint path or 'latest' (the newest in this run's checkpoints folder)")
     a("--save-frequency", type=int, default=1, help="keep epoch_N.pt every N epochs (0: none; latest.pt is "
