@@ -24,7 +24,7 @@ def _out(loss: torch.Tensor) -> torch.Tensor:
     return loss.to(torch.promote_types(loss.dtype, torch.float32))
 
 
-def _prepare(a_name, a, c_name, c, logit_scale, logit_bias, labels, backend):
+def _prepare(a_name, a, c_name, c, logit_scale, logit_bias, labels, backend, family):
     check_pair(a_name, a, c_name, c)
     scale = as_scalar("logit_scale", logit_scale, a)
     bias = as_scalar("logit_bias", logit_bias, a, optional=True)
@@ -37,7 +37,7 @@ def _prepare(a_name, a, c_name, c, logit_scale, logit_bias, labels, backend):
         labels = torch.arange(rows, device=a.device)
     else:
         labels = check_labels("labels", labels, rows, cols, a.device)
-    return scale, bias, labels, _backend.resolve(backend, a.device, a.dtype)
+    return scale, bias, labels, _backend.resolve(backend, a.device, a.dtype, family=family, rows=rows)
 
 
 def clip_loss(image_features, text_features, logit_scale, logit_bias=None, *, labels=None,
@@ -51,7 +51,7 @@ def clip_loss(image_features, text_features, logit_scale, logit_bias=None, *, la
     gradient on the fused backends.
     """
     scale, bias, labels, be = _prepare("image_features", image_features, "text_features", text_features,
-                                       logit_scale, logit_bias, labels, backend)
+                                       logit_scale, logit_bias, labels, backend, "contrastive")
     return _out(_contrastive(image_features, text_features, scale, bias, labels, True, be))
 
 
@@ -60,7 +60,7 @@ def clip_loss_rows(features, other_features, logit_scale, logit_bias=None, *, la
     """One direction of the contrastive loss: mean_i CE(S[i, :], labels[i]). open_clip's local
     loss is ½[clip_loss_rows(I_local, T_all) + clip_loss_rows(T_local, I_all)]."""
     scale, bias, labels, be = _prepare("features", features, "other_features", other_features,
-                                       logit_scale, logit_bias, labels, backend)
+                                       logit_scale, logit_bias, labels, backend, "contrastive")
     return _out(_contrastive(features, other_features, scale, bias, labels, False, be))
 
 
@@ -73,7 +73,7 @@ def siglip_loss(image_features, text_features, logit_scale, logit_bias, *, label
     logit_bias may be None (no bias).
     """
     scale, bias, labels, be = _prepare("image_features", image_features, "text_features", text_features,
-                                       logit_scale, logit_bias, labels, backend)
+                                       logit_scale, logit_bias, labels, backend, "sigmoid")
     return _out(_sigmoid(image_features, text_features, scale, bias, labels, be))
 
 
@@ -105,7 +105,8 @@ def imsep_loss(image_features, text_features, semantic_features, logit_scale, *,
                          f"{image_features.device}")
     names = _check_modalities(modalities)
     scale = as_scalar("logit_scale", logit_scale, image_features)
-    be = _backend.resolve(backend, image_features.device, image_features.dtype)
+    be = _backend.resolve(backend, image_features.device, image_features.dtype, family="imsep",
+                          rows=image_features.shape[0])
     semantic = semantic_features.detach()
     pairs = {"image": (image_features, text_features), "text": (text_features, image_features)}
     return _out(sum(_imsep_single(*pairs[m], semantic, scale, be) for m in names))
@@ -153,7 +154,7 @@ def listmle_loss(scores, targets, *, decay=None, backend="auto") -> torch.Tensor
     _check_ranking_pair(scores, targets)
     if decay not in _DECAYS:
         raise ValueError(f"decay must be None or 'log', got {decay!r}")
-    be = _backend.resolve(backend, scores.device, scores.dtype)
+    be = _backend.resolve(backend, scores.device, scores.dtype, family="ranking", rows=scores.shape[0])
     return _out(_listmle(scores, targets, decay, be))
 
 
@@ -205,5 +206,6 @@ def pairwise_difference_loss(text_features, image_features, pairs, logit_scale=1
                          f"{tuple(image_features.shape)}")
     pairs = _check_pairs(pairs, text_features.shape[0], image_features.shape[0], text_features.device)
     scale = as_scalar("logit_scale", logit_scale, text_features)
-    be = _backend.resolve(backend, text_features.device, text_features.dtype)
+    be = _backend.resolve(backend, text_features.device, text_features.dtype, family="pairdiff",
+                          rows=text_features.shape[0])
     return _out(_pairdiff(text_features, image_features, pairs, scale, bool(all_pairs), be))

@@ -275,7 +275,8 @@ class RankClipLoss(nn.Module):
             rank_cross = rank_in = torch.zeros_like(clip)
         else:
             scale = _as_scalar("logit_scale", logit_scale, image_features)
-            backend = _resolve_backend(self.backend, image_features.device, image_features.dtype)
+            backend = _resolve_backend(self.backend, image_features.device, image_features.dtype, family="ranking",
+                                       rows=image_features.shape[0])
             cross, inner = _rankclip_terms(image_features, text_features, scale, self.decay, backend, self.fused)
             factor = w / image_features.shape[0] if self.normalize_by_batch else w
             rank_cross = (factor * self.cross_weight) * cross.to(clip.dtype)

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ... import _backend
+
 from . import reference
 
 
@@ -59,6 +61,8 @@ def imsep_single(x: Tensor, y: Tensor, semantic: Tensor, scale: Tensor, backend:
     """CE_rows(s·M) for one modality (x = its features, y = the other modality's)."""
     if backend == "reference":
         return reference.imsep_single(x, y, semantic, scale)
+    if backend == "cuda":
+        raise _backend.no_cuda_twin("imsep")
     if backend != "triton":
         raise ValueError(f"no {backend!r} implementation of the IMSep loss")
     u_hat = F.normalize(semantic.detach().float(), dim=1).to(x.dtype)

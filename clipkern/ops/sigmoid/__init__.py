@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ... import _backend
+
 from . import reference
 
 
@@ -52,6 +54,8 @@ def sigmoid_loss(a: Tensor, c: Tensor, scale: Tensor, bias: Tensor | None, label
     """−Σ_ij log σ(z_ij L_ij) / B with L = scale·a cᵀ + bias and positives (i, labels[i])."""
     if backend == "reference":
         return reference.sigmoid_loss(a, c, scale, bias, labels)
+    if backend == "cuda":
+        raise _backend.no_cuda_twin("sigmoid")
     if backend != "triton":
         raise ValueError(f"no {backend!r} implementation of the sigmoid loss")
     b = torch.zeros((), device=a.device) if bias is None else bias.float()
