@@ -113,10 +113,14 @@ def test_pretrained_local_path_loads_weights(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- exact resume
-@pytest.mark.parametrize("k,steps_per_epoch", [(3, 4), (4, 4)], ids=["mid-epoch", "epoch-boundary"])
-def test_resume_gives_the_same_next_step_loss(tmp_path, k, steps_per_epoch):
+@pytest.mark.parametrize("k,steps_per_epoch,workers", [(3, 4, 0), (4, 4, 0), (6, 4, 1)],
+                         ids=["mid-epoch", "epoch-boundary", "second-epoch-with-a-worker"])
+def test_resume_gives_the_same_next_step_loss(tmp_path, k, steps_per_epoch, workers):
+    """With a loader worker the crops come from the worker's RNG, seeded per epoch from the loader's
+    generator: the checkpoint must restore that generator (a fresh one would replay epoch 0's seed)."""
     world = make_world(tmp_path / "world", n_train=8 * steps_per_epoch)
     common = ["--train-data", str(world), "--batch-size", "8", "--epochs", "3", "--lr", "1e-3", "--warmup", "2",
+              "--workers", str(workers),
               "--backend", "reference", "--no-eval", "--no-plot", "--save-frequency", "0", "--logs", str(tmp_path)]
     run_finetune(common + ["--name", "stopped", "--max-steps", str(k)])
     run_finetune(common + ["--name", "straight", "--max-steps", str(k + 2)])

@@ -6,10 +6,14 @@ Format (a dict, `torch.save`):
      "model_name", "model_cfg": dict | None (SharedCLIP), "rng": RNG states now,
      "epoch_rng": RNG states at the start of the epoch (before the loader's iterator was made)}
 
-Exact resume: the loader's shuffling and the random train-time crops draw from the global RNGs, so
-the loop restores `epoch_rng`, rebuilds the epoch's iterator, skips `batch_in_epoch` batches (each is
-loaded again, which replays the RNG draws of the data path), then restores `rng`. The next step then
-sees the same batch, the same augmentations and the same weights as an uninterrupted run.
+Exact resume: the sampler's order comes from (seed, epoch); train-time crops draw from the global
+RNGs (num_workers=0) or from each worker's RNG, seeded per epoch from the DataLoader's generator. The
+loop restores `epoch_rng` (global RNGs and the loader generator as they were when the epoch's
+iterator was made), rebuilds that iterator, skips `batch_in_epoch` batches (each is loaded again, so
+workers replay their draws), then restores `rng`. The next step then sees the same batch, the same
+augmentations and the same weights and optimizer state as an uninterrupted run
+(tests/test_checkpoint.py checks the loss for equality, mid-epoch, at an epoch boundary and with a
+worker in the second epoch).
 
 Writes are atomic: a temporary file in the same folder, flushed and fsync'ed, then os.replace.
 """
