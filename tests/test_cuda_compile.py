@@ -56,3 +56,16 @@ def test_cuda_kernels_compile_for_sm80_and_sm90(tmp_path):
             assert any(family in k and k.endswith(arch) for k in spills), f"no {family} compiled for {arch}"
     big = {k: v for k, v in spills.items() if v > MAX_SPILL_BYTES}
     assert not big, f"ptxas register spills above {MAX_SPILL_BYTES} bytes: {big}"
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(_nvcc() is None, reason="nvcc is not installed on this machine")
+def test_cuda_scalar_helpers_on_the_host(tmp_path):
+    """tests/cuda_host_check.cu: the ListMLE sort key and the (max, sum) log-sum-exp helpers of
+    csrc/cuda/, compiled by nvcc as host code and run on the CPU (about 15 s)."""
+    exe = tmp_path / "cuda_host_check"
+    build = subprocess.run([_nvcc(), "-std=c++17", "-O2", "-arch=sm_90", str(ROOT / "tests" / "cuda_host_check.cu"),
+                            "-o", str(exe)], capture_output=True, text=True, timeout=280)
+    assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout.strip().endswith("OK"), run.stdout[-4000:]

@@ -10,9 +10,13 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <math_constants.h>
+
+// Host+device helpers (HD) are also checked on the CPU by tests/cuda_host_check.cu.
+#define CK_HD __host__ __device__ __forceinline__
 
 namespace clipkern_cuda {
+
+constexpr float kInf = __builtin_huge_valf();
 
 // Compile with torch's flags (-D__CUDA_NO_HALF_CONVERSIONS__ etc.): convert with the explicit intrinsics.
 __device__ __forceinline__ float to_float(float v) { return v; }
@@ -27,32 +31,32 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(f
 template <typename T> __device__ __forceinline__ T zero_value() { return from_float<T>(0.f); }
 
 // max that returns NaN when either argument is NaN (fmaxf would drop it).
-__device__ __forceinline__ float nan_max(float a, float b) { return (a != a || a > b) ? a : b; }
+CK_HD float nan_max(float a, float b) { return (a != a || a > b) ? a : b; }
 
 struct LsePair {
   float m;  // running max (−inf for the empty set)
   float l;  // Σ exp(v − m)
 };
 
-__device__ __forceinline__ LsePair lse_empty() { return {-CUDART_INF_F, 0.f}; }
+CK_HD LsePair lse_empty() { return {-kInf, 0.f}; }
 
-__device__ __forceinline__ LsePair lse_merge(LsePair a, LsePair b) {
+CK_HD LsePair lse_merge(LsePair a, LsePair b) {
   const float m = nan_max(a.m, b.m);
-  if (m == -CUDART_INF_F) return {m, 0.f};  // both empty
+  if (m == -kInf) return {m, 0.f};  // both empty
   const float la = a.l == 0.f ? 0.f : a.l * expf(a.m - m);
   const float lb = b.l == 0.f ? 0.f : b.l * expf(b.m - m);
   return {m, la + lb};
 }
 
 // Adds one value v to a running partial: one exp per value.
-__device__ __forceinline__ void lse_push(LsePair& p, float v) {
+CK_HD void lse_push(LsePair& p, float v) {
   if (v > p.m) {
     p.l = p.l * expf(p.m - v) + 1.f;  // p.m = −inf → exp(−inf) = 0
     p.m = v;
   } else if (v != v) {
     p.m = v;
     p.l = v;
-  } else if (v != -CUDART_INF_F) {
+  } else if (v != -kInf) {
     p.l += expf(v - p.m);
   }
 }
@@ -64,7 +68,7 @@ __device__ __forceinline__ LsePair lse_shfl_xor(LsePair p, int offset, unsigned 
 }
 
 struct LseMergeOp {
-  __device__ __forceinline__ LsePair operator()(const LsePair& a, const LsePair& b) const { return lse_merge(a, b); }
+  CK_HD LsePair operator()(const LsePair& a, const LsePair& b) const { return lse_merge(a, b); }
 };
 
 inline int ceil_div(long long a, long long b) { return static_cast<int>((a + b - 1) / b); }

@@ -136,9 +136,9 @@ __device__ __forceinline__ void raw_tile(const T* A, int ma, const T* B, int nb,
 
 // (max, Σexp) of n values v[i·stride] (n ≤ 32), two passes; (−inf, 0) when n == 0.
 __device__ __forceinline__ LsePair lse_of_strided(const float* v, int n, int stride, float scale) {
-  float m = -CUDART_INF_F;
+  float m = -kInf;
   for (int i = 0; i < n; ++i) m = nan_max(m, scale * v[i * stride]);
-  if (m == -CUDART_INF_F) return {m, 0.f};
+  if (m == -kInf) return {m, 0.f};
   float l = 0.f;
   for (int i = 0; i < n; ++i) l += expf(scale * v[i * stride] - m);
   return {m, l};

@@ -30,6 +30,8 @@
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 
+#include <cstring>
+
 #include "common.cuh"
 
 namespace clipkern_cuda {
@@ -37,17 +39,18 @@ namespace listmle {
 
 constexpr int kListmleMaxN = 8192;
 
-__device__ __forceinline__ unsigned long long sort_key(float t, int j, int colbits) {
-  unsigned int bits = __float_as_uint(t);
+CK_HD unsigned long long sort_key(float t, int j, int colbits) {
+  unsigned int bits;
+  memcpy(&bits, &t, sizeof(bits));
   if (bits == 0x80000000u) bits = 0u;  // −0.0 → +0.0
   const unsigned int u = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
   return (static_cast<unsigned long long>(~u) << colbits) | static_cast<unsigned long long>(j);
 }
 
-__device__ __forceinline__ float log_weight(int k, bool decay_log) {
+CK_HD float log_weight(int k, bool decay_log) {
   return decay_log ? -logf(log2f(static_cast<float>(k) + 2.f)) : 0.f;
 }
-__device__ __forceinline__ float weight(int k, bool decay_log) {
+CK_HD float weight(int k, bool decay_log) {
   return decay_log ? 1.f / log2f(static_cast<float>(k) + 2.f) : 1.f;
 }
 
