@@ -195,7 +195,10 @@ def render(attrs: dict, i: int, image_size: int) -> Image.Image:
         c = attrs["cells"][i, k]
         cx = (c % GRID + 0.5) * cell + slack * attrs["jitter"][i, k, 0]
         cy = (c // GRID + 0.5) * cell + slack * attrs["jitter"][i, k, 1]
-        mask |= shape_mask(shape, grid[None, :] - cx, grid[:, None] - cy, r)
+        b = _BOUND[shape] * r + 1.0  # only the object's bounding window
+        x0, x1 = max(int(cx - b), 0), min(int(cx + b) + 1, big)
+        y0, y1 = max(int(cy - b), 0), min(int(cy + b) + 1, big)
+        mask[y0:y1, x0:x1] |= shape_mask(shape, grid[None, x0:x1] - cx, grid[y0:y1, None] - cy, r)
     coverage = mask.reshape(image_size, SUPERSAMPLE, image_size, SUPERSAMPLE).mean(axis=(1, 3))
     pixels = np.rint(coverage[:, :, None] * fill[None, None, :]).astype(np.uint8)
     return Image.fromarray(pixels, mode="RGB")
