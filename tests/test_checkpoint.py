@@ -121,7 +121,7 @@ def test_resume_gives_the_same_next_step_loss(tmp_path, k, steps_per_epoch, work
     world = make_world(tmp_path / "world", n_train=8 * steps_per_epoch)
     common = ["--train-data", str(world), "--batch-size", "8", "--epochs", "3", "--lr", "1e-3", "--warmup", "2",
               "--workers", str(workers),
-              "--backend", "reference", "--no-eval", "--no-plot", "--save-frequency", "0", "--logs", str(tmp_path)]
+              "--backend", "reference", "--no-eval", "--no-plot", "--save-frequency", "0", "--threads", "1", "--logs", str(tmp_path)]
     run_finetune(common + ["--name", "stopped", "--max-steps", str(k)])
     run_finetune(common + ["--name", "straight", "--max-steps", str(k + 2)])
     run_finetune(common + ["--name", "resumed", "--max-steps", str(k + 2),
@@ -144,7 +144,7 @@ def test_sigint_saves_a_checkpoint_and_exits(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "training.finetune", "--train-data", str(world), "--batch-size", "8",
            "--epochs", "1000", "--backend", "reference", "--no-eval", "--no-plot", "--save-frequency", "0",
-           "--logs", str(tmp_path), "--name", "run"]
+           "--threads", "1", "--logs", str(tmp_path), "--name", "run"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     jsonl = tmp_path / "run" / "metrics.jsonl"
     deadline = time.monotonic() + 120

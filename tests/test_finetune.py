@@ -61,7 +61,8 @@ def _records(world: Path, kind: str) -> int:
 
 
 def _fast(tmp_path, name="run"):
-    return ["--backend", "reference", "--no-eval", "--no-plot", "--save-frequency", "0", "--logs-dir", str(tmp_path),
+    return ["--backend", "reference", "--no-eval", "--no-plot", "--save-frequency", "0", "--threads", "1",
+            "--logs-dir", str(tmp_path),
             "--name", name]
 
 
@@ -120,7 +121,7 @@ def test_pcclip_freezes_the_image_tower(tmp_path):
 def test_triton_backend_runs_the_loop(tmp_path):
     world = make_world(tmp_path / "world", n_train=16)
     run_finetune(["--loss", "clip", "--train-data", world, "--batch-size", 8, "--max-steps", 2,
-                  "--logs", tmp_path, "--name", "run", "--backend", "triton", "--no-eval", "--no-plot",
+                  "--logs", tmp_path, "--name", "run", "--threads", 1, "--backend", "triton", "--no-eval", "--no-plot",
                   "--save-frequency", "0"])
     rows = metrics(tmp_path / "run")
     assert len(rows) == 2 and all(math.isfinite(r["loss"]) for r in rows)
@@ -129,7 +130,7 @@ def test_triton_backend_runs_the_loop(tmp_path):
 def test_eval_metrics_and_plot(tmp_path):
     world = make_world(tmp_path / "world", n_train=16)
     run_finetune(["--loss", "clip", "--train-data", world, "--batch-size", 8, "--epochs", 2, "--max-steps", 4, "--eval-every", 2,
-                  "--backend", "reference", "--logs", tmp_path, "--name", "run"])
+                  "--backend", "reference", "--threads", 1, "--logs", tmp_path, "--name", "run"])
     evals = metrics(tmp_path / "run", kind="eval")
     assert [e["step"] for e in evals] == [2, 4]       # every 2 steps; the final one is not repeated
     assert all("top1" in e or any(k.endswith("top1") for k in e) for e in evals), evals[0]

@@ -285,10 +285,14 @@ def _run_eval(unwrapped, tokenizer, preprocess_val, world_dir, device, args) -> 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    previous_threads = torch.get_num_threads()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     info, device = init_distributed(args)
     try:
         return _train(args, info, device)
     finally:
+        torch.set_num_threads(previous_threads)
         if info.distributed and dist.is_initialized():
             dist.destroy_process_group()
 

@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
       help="gradient caching: re-run the towers this many samples at a time")
     # run
     a("--seed", type=int, default=0)
+    a("--threads", type=_positive_int("--threads"), default=None,
+      help="torch intra-op threads (default: torch's). On a small shared CPU box use 1: the tiny models' "
+      "steps ran 50x slower with 2 threads competing with other processes")
     a("--device", default=None, help="cpu / cuda (default: cuda when available, with LOCAL_RANK)")
     a("--logs", "--logs-dir", dest="logs", default="./logs",
       help="folder of the run folders (under torchrun use --logs-dir: torchrun's own parser rejects --logs as "
