@@ -127,13 +127,24 @@ def test_triton_backend_runs_the_loop(tmp_path):
     assert len(rows) == 2 and all(math.isfinite(r["loss"]) for r in rows)
 
 
-def test_eval_metrics_and_plot(tmp_path):
+@pytest.mark.parametrize("precision", ["amp_bf16", "bf16"])
+def test_precisions_run(tmp_path, precision):
     world = make_world(tmp_path / "world", n_train=16)
-    run_finetune(["--loss", "clip", "--train-data", world, "--batch-size", 8, "--epochs", 2, "--max-steps", 4, "--eval-every", 2,
+    run_finetune(["--loss", "clip", "--train-data", world, "--batch-size", 8, "--max-steps", 2,
+                  "--precision", precision, *_fast(tmp_path)])
+    rows = metrics(tmp_path / "run")
+    assert len(rows) == 2 and all(math.isfinite(r["loss"]) for r in rows)
+
+
+def test_synthetic_world_eval_metrics_and_plot(tmp_path):
+    """No --train-data: the world is generated into the run folder; evals every 2 steps and at the end."""
+    run_finetune(["--loss", "clip", "--dataset-type", "synthetic", "--world-n-train", 16, "--world-n-val", 24,
+                  "--batch-size", 8, "--epochs", 2, "--max-steps", 4, "--eval-every", 2,
                   "--backend", "reference", "--threads", 1, "--logs", tmp_path, "--name", "run"])
     evals = metrics(tmp_path / "run", kind="eval")
     assert [e["step"] for e in evals] == [2, 4]       # every 2 steps; the final one is not repeated
     assert all("top1" in e or any(k.endswith("top1") for k in e) for e in evals), evals[0]
+    assert (tmp_path / "run" / "world" / "meta.json").exists()
     assert (tmp_path / "run" / "metrics.png").stat().st_size > 1000
     assert "done: 4 steps" in (tmp_path / "run" / "out.log").read_text()
 

@@ -155,9 +155,16 @@ def _to(batch, device):
 
 
 def _input_dtype(model) -> torch.dtype:
+    """The dtype images must have: the image stem's (its first conv), else the most common weight dtype
+    (open_clip's pure bf16 keeps embeddings and scalars in fp32)."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            return m.weight.dtype
+    count: dict = {}
     for p in model.parameters():
-        return p.dtype if p.is_floating_point() else torch.float32
-    return torch.float32
+        if p.is_floating_point():
+            count[p.dtype] = count.get(p.dtype, 0) + p.numel()
+    return max(count, key=count.get) if count else torch.float32
 
 
 def plain_step(model, recipe: Recipe, batch, extra, autocast):
