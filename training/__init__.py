@@ -1,4 +1,5 @@
-"""Training-side code on top of clipkern and open_clip (models and, later, the finetuning loop).
+"""Training-side code on top of clipkern and open_clip: models (SharedCLIP, the tiny registered
+configs), the finetuning loop (`python -m training.finetune`), data, world and evaluations.
 
 clipkern never imports this package; this package imports clipkern and open_clip.
 """
