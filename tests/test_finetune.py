@@ -215,3 +215,34 @@ def test_torchrun_two_gloo_processes_local_loss_gather_with_grad(tmp_path):
         assert math.isfinite(a["loss"])
         assert abs(a["loss"] - b["loss"]) <= 1e-4 * abs(a["loss"]), (a, b)
     assert ddp[0]["loss"] != ddp[-1]["loss"], "the weights did not change"
+
+
+# ------------------------------------------------------------------------------------------ semantic cache
+class _CountingEncoder:
+    def __init__(self):
+        self.seen = []
+
+    def encode(self, texts, convert_to_tensor=True, normalize_embeddings=True, **kw):
+        import torch
+        self.seen.extend(texts)
+        x = torch.tensor([[float(len(t)), float(sum(map(ord, t)) % 97), 1.0] for t in texts])
+        return torch.nn.functional.normalize(x, dim=1)
+
+
+def test_semantic_cache_encodes_each_caption_once_and_persists(tmp_path):
+    import torch
+
+    from training.semantic import SemanticFeatureCache
+    enc = _CountingEncoder()
+    cache = SemanticFeatureCache(str(tmp_path / "sem.pt"), encoder=enc)
+    a = cache(["a red circle", "a blue square", "a red circle"])
+    b = cache(["a blue square", "two green crosses"])
+    assert sorted(enc.seen) == ["a blue square", "a red circle", "two green crosses"]
+    assert torch.equal(a[0], a[2]) and torch.equal(a[1], b[0]) and a.shape == (3, 3)
+    cache.save()
+    enc2 = _CountingEncoder()
+    again = SemanticFeatureCache(str(tmp_path / "sem.pt"), encoder=enc2)
+    assert torch.equal(again(["a red circle", "two green crosses"]), torch.stack([a[0], b[1]]))
+    assert enc2.seen == [], "cached captions were encoded again"
+    with pytest.raises(TypeError, match="list of strings"):
+        again("a red circle")

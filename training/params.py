@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--semantic-cache", default=None, help="alignclip: the sentence-encoder feature cache file "
       "(default: <logs>/semantic_cache.pt)")
     a("--no-plot", action="store_true", default=False)
-    a("--log-every", type=int, default=1, help="console log line every N steps (the JSONL gets every step)")
+    a("--log-every", type=int, default=10, help="console log line every N steps (the JSONL gets every step)")
     return p
 
 
