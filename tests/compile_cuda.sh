@@ -25,8 +25,8 @@ PY
 OUT="${1:-$(mktemp --suffix=.o)}"
 GENCODE=()
 for a in ${CLIPKERN_ARCHS:-80 90}; do GENCODE+=(-gencode "arch=compute_$a,code=sm_$a"); done
-# the flags torch.utils.cpp_extension.BuildExtension passes to nvcc for a CUDAExtension
-FLAGS=(-std=c++17 -O3 -lineinfo -Xcompiler -fPIC --expt-relaxed-constexpr
+# the flags torch.utils.cpp_extension.BuildExtension passes to nvcc for a CUDAExtension (torch 2.13: -std=c++20)
+FLAGS=(-std=c++20 -O3 -lineinfo -Xcompiler -fPIC --expt-relaxed-constexpr
        -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__
        -D__CUDA_NO_HALF2_OPERATORS__ -DCLIPKERN_WITH_CUDA -DTORCH_API_INCLUDE_EXTENSION_H
        -DTORCH_EXTENSION_NAME=_C -D_GLIBCXX_USE_CXX11_ABI=1)

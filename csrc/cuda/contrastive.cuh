@@ -30,6 +30,8 @@
 #pragma once
 
 #include <mma.h>
+
+#include <cstring>
 #include <type_traits>
 
 #include "common.cuh"
@@ -48,14 +50,39 @@ template <typename T, int TM, int TN> struct OperandSmem {
   alignas(128) T b[TN * LD];
 };
 
-template <typename T, int ROWS>
-__device__ __forceinline__ void stage_rows(T* dst, const T* src, int valid_rows, int D, int k0, int tid, int nthreads) {
-  constexpr int LD = BK + Pad<T>::value;
-  for (int idx = tid; idx < ROWS * BK; idx += nthreads) {
-    const int r = idx / BK, k = idx % BK;
+// dst[r][c] (leading dimension LD) = src[r·src_ld + c] for r < valid_rows and c < valid_cols, else 0.
+// 16-bit types move 16 bytes per thread when src and its row stride are 16-byte aligned.
+template <typename T, int ROWS, int COLS, int LD>
+__device__ __forceinline__ void stage_tile(T* dst, const T* src, long long src_ld, int valid_rows, int valid_cols,
+                                           int tid, int nthreads) {
+  if constexpr (sizeof(T) == 2) {
+    constexpr int VEC = 8, CV = COLS / VEC;
+    static_assert(COLS % VEC == 0 && LD % VEC == 0, "16-byte staging needs 8-element aligned tiles");
+    if (reinterpret_cast<size_t>(src) % 16 == 0 && src_ld % VEC == 0) {
+      for (int idx = tid; idx < ROWS * CV; idx += nthreads) {
+        const int r = idx / CV, c = (idx % CV) * VEC;
+        uint4 v = make_uint4(0u, 0u, 0u, 0u);  // 0x0000 is +0 in fp16 and bf16
+        if (r < valid_rows) {
+          const T* row = src + r * src_ld;
+          if (c + VEC <= valid_cols) {
+            v = *reinterpret_cast<const uint4*>(row + c);
+          } else if (c < valid_cols) {
+            T tmp[VEC];
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) tmp[i] = c + i < valid_cols ? row[c + i] : zero_value<T>();
+            memcpy(&v, tmp, sizeof(v));
+          }
+        }
+        *reinterpret_cast<uint4*>(dst + r * LD + c) = v;
+      }
+      return;
+    }
+  }
+  for (int idx = tid; idx < ROWS * COLS; idx += nthreads) {
+    const int r = idx / COLS, c = idx % COLS;
     T v = zero_value<T>();
-    if (r < valid_rows && k0 + k < D) v = src[(long long)r * D + k0 + k];
-    dst[r * LD + k] = v;
+    if (r < valid_rows && c < valid_cols) v = src[r * src_ld + c];
+    dst[r * LD + c] = v;
   }
 }
 
@@ -79,8 +106,8 @@ __device__ __forceinline__ void raw_tile(const T* A, int ma, const T* B, int nb,
       for (int j = 0; j < RN; ++j) acc[i][j] = 0.f;
     for (int k0 = 0; k0 < D; k0 += BK) {
       __syncthreads();
-      stage_rows<T, TM>(sm.a, A, ma, D, k0, tid, NT);
-      stage_rows<T, TN>(sm.b, B, nb, D, k0, tid, NT);
+      stage_tile<T, TM, BK, LD>(sm.a, A + k0, D, ma, D - k0, tid, NT);
+      stage_tile<T, TN, BK, LD>(sm.b, B + k0, D, nb, D - k0, tid, NT);
       __syncthreads();
 #pragma unroll 4
       for (int k = 0; k < BK; ++k) {
@@ -109,8 +136,8 @@ __device__ __forceinline__ void raw_tile(const T* A, int ma, const T* B, int nb,
     for (int f = 0; f < FPW; ++f) wmma::fill_fragment(acc[f], 0.f);
     for (int k0 = 0; k0 < D; k0 += BK) {
       __syncthreads();
-      stage_rows<T, TM>(sm.a, A, ma, D, k0, tid, NT);
-      stage_rows<T, TN>(sm.b, B, nb, D, k0, tid, NT);
+      stage_tile<T, TM, BK, LD>(sm.a, A + k0, D, ma, D - k0, tid, NT);
+      stage_tile<T, TN, BK, LD>(sm.b, B + k0, D, nb, D - k0, tid, NT);
       __syncthreads();
 #pragma unroll
       for (int kk = 0; kk < BK; kk += 16) {
@@ -287,12 +314,7 @@ __global__ void __launch_bounds__(B_NT) contrastive_bwd_kernel(
     // acc[own][d] += Σ_t dS(own, t) · V[t][d] over this CTA's D slice, chunk by chunk
     for (int dc0 = 0; dc0 < dw; dc0 += B_DC) {
       __syncthreads();  // dS written / previous chunk consumed
-      for (int e = tid; e < B_OTH * B_DC; e += B_NT) {
-        const int t = e / B_DC, dd = e % B_DC, d = dc0 + dd;
-        T v = zero_value<T>();
-        if (t < nt && d < dw) v = oth_ptr[(long long)(t0 + t) * D + d0 + d];
-        sm.V[t * Sm::LDV + dd] = v;
-      }
+      stage_tile<T, B_OTH, B_DC, Sm::LDV>(sm.V, oth_ptr + (long long)t0 * D + d0 + dc0, D, nt, dw - dc0, tid, B_NT);
       __syncthreads();
       if constexpr (Sm::kTensorCore) {
         using namespace nvcuda;
