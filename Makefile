@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip install --isolated --disable-pip-version-check -q -c cons
 STAMP  := $(VENV)/.installed
 export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/build/inductor-cache
 
-.PHONY: setup demo test test-gpu bench constraints clean
+.PHONY: setup demo reproduce test test-gpu bench constraints clean
 
 setup: $(STAMP)
 
@@ -19,11 +19,16 @@ $(STAMP): pyproject.toml setup.py constraints.txt requirements-dev.txt
 	$(PY) -m clipkern.info
 	touch $(STAMP)
 
-# Main job: a short side-by-side benchmark of clipkern vs open_clip on whatever device is here.
-# Without a GPU the fused kernels also run, interpreted (their times are then meaningless).
+# Main job (training/demo.py): generate the synthetic attribute world, train a tiny CLIP with the fused
+# CLIP loss, finetune it with PC-CLIP, print the before/after evaluations, then the loss benchmark
+# beside open_clip. Without a GPU the benchmark also runs the fused kernels interpreted (times meaningless).
 demo: $(STAMP)
 	if $(PY) -c "import torch, sys; sys.exit(torch.cuda.is_available())"; then \
-		TRITON_INTERPRET=1 $(PY) -m benchmarks.demo; else $(PY) -m benchmarks.demo; fi
+		TRITON_INTERPRET=1 $(PY) -m training.demo; else $(PY) -m training.demo; fi
+
+# Every recipe from one base checkpoint; writes training/RESULTS.md (~15 min on 2 CPU cores).
+reproduce: $(STAMP)
+	$(PY) -m training.reproduce
 
 # CPU test suite; the Triton kernels run under the interpreter. GPU lane: `make test-gpu`.
 test: $(STAMP)
