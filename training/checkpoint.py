@@ -4,7 +4,8 @@ Format (a dict, `torch.save`):
     {"step": optimizer steps done, "epoch": current epoch (from 0), "batch_in_epoch": batches of that
      epoch already consumed, "model": state_dict, "optimizer", "scaler", "args": vars(args),
      "model_name", "model_cfg": dict | None (SharedCLIP), "rng": RNG states now,
-     "epoch_rng": RNG states at the start of the epoch (before the loader's iterator was made)}
+     "epoch_rng": RNG states at the start of the epoch (before the loader's iterator was made),
+     "rng_per_rank": [{"rng", "epoch_rng"} of every rank] under torchrun, else None}
 
 Exact resume: the sampler's order comes from (seed, epoch); train-time crops draw from the global
 RNGs (num_workers=0) or from each worker's RNG, seeded per epoch from the DataLoader's generator. The

@@ -375,6 +375,12 @@ def _train(args, info: DistInfo, device) -> int:
             scaler.load_state_dict(resume_state["scaler"])
         step, epoch = int(resume_state["step"]), int(resume_state["epoch"])
         batch_in_epoch = int(resume_state.get("batch_in_epoch", 0))
+        per_rank = resume_state.get("rng_per_rank")
+        if per_rank and len(per_rank) == info.world_size:      # each rank its own augmentation stream
+            resume_state.update(per_rank[info.rank])
+        elif info.distributed:
+            log.warning("the checkpoint holds no RNG state per rank for world_size=%d: every rank resumes with "
+                        "rank 0's (the run goes on, but not bit-identical to an uninterrupted one)", info.world_size)
         log.info("resumed from %s: step %d, epoch %d, batch %d of the epoch", path, step, epoch, batch_in_epoch)
 
     n_params = sum(p.numel() for p in trainable)
@@ -395,19 +401,25 @@ def _train(args, info: DistInfo, device) -> int:
     epoch_rng = None
     loader_gen = getattr(getattr(loader, "loader", loader), "generator", None)
 
-    def make_state():
-        return {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "model": unwrapped.state_dict(),
-                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                "args": vars(args), "model_name": args.model, "model_cfg": model_config(args.model, unwrapped),
-                "rng": {**ckpt_mod.rng_state(),
-                        **({"loader_generator": loader_gen.get_state()} if loader_gen is not None else {})},
-                "epoch_rng": epoch_rng}
+    def rng_now():
+        return {**ckpt_mod.rng_state(),
+                **({"loader_generator": loader_gen.get_state()} if loader_gen is not None else {})}
 
     def save(epoch_done=None):
+        """Called on every rank at the same points: each rank's RNG states are gathered, rank 0 writes."""
+        rng, per_rank = rng_now(), None
+        if info.distributed:
+            per_rank = [None] * info.world_size
+            dist.all_gather_object(per_rank, {"rng": rng, "epoch_rng": epoch_rng})
         if semantic is not None and info.is_master:
             semantic.save()
         if info.is_master:
-            path = ckpt_mod.save_checkpoint(make_state(), run_dir, epoch_done=epoch_done)
+            state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "model": unwrapped.state_dict(),
+                     "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                     "args": vars(args), "model_name": args.model,
+                     "model_cfg": model_config(args.model, unwrapped), "rng": rng, "epoch_rng": epoch_rng,
+                     "rng_per_rank": per_rank}
+            path = ckpt_mod.save_checkpoint(state, run_dir, epoch_done=epoch_done)
             log.info("checkpoint: %s (step %d)", path, step)
 
     last_eval_step = [None]
@@ -447,7 +459,8 @@ def _train(args, info: DistInfo, device) -> int:
             if resume_state is not None and batch_in_epoch > 0:
                 ckpt_mod.set_rng_state(resume_state["rng"])
             resume_state = None
-            bar = tqdm(total=steps_per_epoch, initial=batch_in_epoch, disable=not info.is_master,
+            bar = tqdm(total=steps_per_epoch, initial=batch_in_epoch,
+                       disable=not info.is_master or not sys.stderr.isatty(),   # no \r noise in log files
                        desc=f"epoch {epoch}", dynamic_ncols=True, leave=False, file=sys.stderr)
             t_last = time.perf_counter()
             for batch in it:

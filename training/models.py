@@ -73,6 +73,7 @@ def _state_dict_from_file(path: str) -> dict:
 def _load_local(model: torch.nn.Module, path: str) -> None:
     state = _state_dict_from_file(path)
     missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k != "logit_bias"]   # a CLIP checkpoint into a SigLIP model keeps its init bias
     if missing or unexpected:
         raise ValueError(f"--pretrained {path!r} does not fit the model: missing keys {missing[:8]}, "
                          f"unexpected keys {unexpected[:8]}")

@@ -51,8 +51,8 @@ def plot_metrics(jsonl_path: str, out_path: str) -> str:
         ax = axes[0][1]
         ev = defaultdict(list)
         for row in evals:
-            for k, v in row.items():
-                if k not in _NOT_LOSS and isinstance(v, (int, float)):
+            for k, v in row.items():   # counts (n_images, n_skipped_images) are not scores
+                if k not in _NOT_LOSS and not k.startswith("n_") and isinstance(v, (int, float)):
                     ev[k].append((row["step"], v))
         for k, pts in sorted(ev.items()):
             xs, ys = zip(*pts)
