@@ -246,3 +246,17 @@ def test_semantic_cache_encodes_each_caption_once_and_persists(tmp_path):
     assert enc2.seen == [], "cached captions were encoded again"
     with pytest.raises(TypeError, match="list of strings"):
         again("a red circle")
+
+
+@pytest.mark.slow
+def test_torchrun_resume_gives_the_same_next_step_loss(tmp_path):
+    """Each rank's RNG state is in the checkpoint: a 2-process run stopped at step 3 and resumed logs the
+    same step-4 loss as one that never stopped (crops differ per rank, so rank 0's state alone would not do)."""
+    world = make_world(tmp_path / "world", n_train=32)
+    _torchrun(tmp_path, world, "stopped", [])                      # --max-steps 3 (2 steps per epoch)
+    _torchrun(tmp_path, world, "straight", ["--max-steps", "4"])
+    _torchrun(tmp_path, world, "resumed", ["--max-steps", "4", "--resume",
+                                           str(tmp_path / "stopped" / "checkpoints" / "latest.pt")])
+    straight = {r["step"]: r["loss"] for r in metrics(tmp_path / "straight")}
+    resumed = {r["step"]: r["loss"] for r in metrics(tmp_path / "resumed")}
+    assert list(resumed) == [4] and resumed[4] == straight[4], (resumed, straight)
