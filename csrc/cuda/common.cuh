@@ -11,6 +11,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <type_traits>
+
 // Host+device helpers (HD) are also checked on the CPU by tests/cuda_host_check.cu.
 #define CK_HD __host__ __device__ __forceinline__
 
@@ -27,6 +29,16 @@ template <typename T> __device__ __forceinline__ T from_float(float v);
 template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
 template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// Whether the matmul tiles of element type T run on the tensor cores (nvcuda::wmma): fp16 always
+// (sm_70+), bf16 from sm_80 (older archs, e.g. a JIT build for sm_75, take the fp32 SIMT path), fp32 never.
+template <typename T> struct UseMma {
+  static constexpr bool value = !std::is_same<T, float>::value
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+                                && !std::is_same<T, __nv_bfloat16>::value
+#endif
+      ;
+};
 
 template <typename T> __device__ __forceinline__ T zero_value() { return from_float<T>(0.f); }
 

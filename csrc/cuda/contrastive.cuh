@@ -24,7 +24,7 @@
 // shapes): the recomputed S is bit-identical to the forward's, so P is consistent with its statistics.
 // dscale: per-CTA partials of the first launch, summed in a fixed order.
 //
-// Matmul engines: fp16/bf16 on the tensor cores with nvcuda::wmma 16×16×16 fragments, fp32
+// Matmul engines (UseMma in common.cuh): fp16/bf16 on the tensor cores with nvcuda::wmma 16×16×16 fragments, fp32
 // accumulation (dS is rounded to the input dtype for the dS·Y product, as a torch matmul in that dtype
 // would); fp32 with plain SIMT fmaf (no TF32), so fp32 keeps full fp32 accuracy.
 #pragma once
@@ -94,7 +94,7 @@ __device__ __forceinline__ void raw_tile(const T* A, int ma, const T* B, int nb,
                                          OperandSmem<T, TM, TN>& sm, float* S) {
   constexpr int LD = OperandSmem<T, TM, TN>::LD;
   const int tid = threadIdx.x;
-  if constexpr (std::is_same<T, float>::value) {
+  if constexpr (!UseMma<T>::value) {
     // SIMT: thread grid 16 columns × (NT/16) rows; RM×RN elements per thread, interleaved.
     constexpr int THR_C = 16, THR_R = NT / THR_C, RN = TN / THR_C, RM = TM / THR_R;
     static_assert(RN * THR_C == TN && RM * THR_R == TM, "tile/threads mismatch");
@@ -113,9 +113,9 @@ __device__ __forceinline__ void raw_tile(const T* A, int ma, const T* B, int nb,
       for (int k = 0; k < BK; ++k) {
         float av[RM], bv[RN];
 #pragma unroll
-        for (int i = 0; i < RM; ++i) av[i] = sm.a[(tr + THR_R * i) * LD + k];
+        for (int i = 0; i < RM; ++i) av[i] = to_float(sm.a[(tr + THR_R * i) * LD + k]);
 #pragma unroll
-        for (int j = 0; j < RN; ++j) bv[j] = sm.b[(tc + THR_C * j) * LD + k];
+        for (int j = 0; j < RN; ++j) bv[j] = to_float(sm.b[(tc + THR_C * j) * LD + k]);
 #pragma unroll
         for (int i = 0; i < RM; ++i)
 #pragma unroll
@@ -243,7 +243,7 @@ template <typename T, bool TRANSPOSED> struct BwdSmem {
   // raw/dS tile stored as X-rows × Y-rows: [own][oth] (TRANSPOSED = false) or [oth][own] (true)
   static constexpr int TM = TRANSPOSED ? B_OTH : B_OWN, TN = TRANSPOSED ? B_OWN : B_OTH;
   static constexpr int LDS = TN + 4;
-  static constexpr bool kTensorCore = !std::is_same<T, float>::value;
+  static constexpr bool kTensorCore = UseMma<T>::value;
   static constexpr int LDD = TN + 8;  // dS in T for the tensor cores
   static constexpr int LDV = B_DC + Pad<T>::value;
   OperandSmem<T, TM, TN> ops;
@@ -347,7 +347,7 @@ __global__ void __launch_bounds__(B_NT) contrastive_bwd_kernel(
         for (int t = 0; t < B_OTH; ++t) {
           const float ds = TRANSPOSED ? sm.S[t * Sm::LDS + o] : sm.S[o * Sm::LDS + t];
 #pragma unroll
-          for (int j = 0; j < 8; ++j) a8[j] = fmaf(ds, sm.V[t * Sm::LDV + cl + 8 * j], a8[j]);
+          for (int j = 0; j < 8; ++j) a8[j] = fmaf(ds, to_float(sm.V[t * Sm::LDV + cl + 8 * j]), a8[j]);
         }
 #pragma unroll
         for (int j = 0; j < 8; ++j) acc[o * ld_acc + dc0 + cl + 8 * j] = a8[j];

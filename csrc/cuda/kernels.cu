@@ -282,7 +282,10 @@ template <typename F> void dispatch_row_capacity(int N, const char* op, F&& f) {
                    " (one row per thread block); use backend='triton' or 'reference' for longer rows");
 }
 
-template <typename Kernel> void set_dynamic_smem(Kernel kernel, size_t bytes) {
+template <typename Kernel> void set_dynamic_smem(Kernel kernel, size_t bytes, int N, const char* op) {
+  const size_t optin = at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
+  TORCH_CHECK(bytes <= optin, op, ": rows of ", N, " columns need ", bytes, " bytes of shared memory per block, this GPU "
+              "allows ", optin, "; use backend='triton' or 'reference' for such rows");
   if (bytes > 48 * 1024)
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
 }
@@ -312,7 +315,7 @@ Tensor listmle_fwd_cuda(const Tensor& scores_in, const Tensor& targets_in, bool 
       constexpr int TH = decltype(threads)::value, IPT = decltype(ipt)::value, CB = decltype(colbits)::value;
       auto kernel = listmle::listmle_fwd_kernel<T, TH, IPT, CB>;
       const size_t bytes = sizeof(typename listmle::ListmleBlock<TH, IPT>::Shared) + 128;
-      set_dynamic_smem(kernel, bytes);
+      set_dynamic_smem(kernel, bytes, N, op);
       kernel<<<B, TH, bytes, stream>>>(cptr<T>(scores), targets.data_ptr<float>(), loss.data_ptr<float>(), N, decay_log);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
@@ -335,7 +338,7 @@ Tensor listmle_bwd_cuda(const Tensor& scores_in, const Tensor& targets_in, const
       constexpr int TH = decltype(threads)::value, IPT = decltype(ipt)::value, CB = decltype(colbits)::value;
       auto kernel = listmle::listmle_bwd_kernel<T, TH, IPT, CB>;
       const size_t bytes = sizeof(typename listmle::ListmleBlock<TH, IPT>::Shared) + 128;
-      set_dynamic_smem(kernel, bytes);
+      set_dynamic_smem(kernel, bytes, N, op);
       kernel<<<B, TH, bytes, stream>>>(cptr<T>(scores), targets.data_ptr<float>(), g.data_ptr<float>(),
                                        mptr<T>(grad), N, decay_log);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
