@@ -79,11 +79,9 @@ def init_distributed(args) -> tuple[DistInfo, torch.device]:
 
 
 def setup_logging(run_dir: Optional[str], is_master: bool) -> None:
+    _close_logging()
     root = logging.getLogger()
-    for h in list(root.handlers):
-        if getattr(h, "_clipkern", False):
-            root.removeHandler(h)
-            h.close()
+    root._clipkern_level = root.level
     root.setLevel(logging.INFO if is_master else logging.WARNING)
     fmt = logging.Formatter("%(asctime)s | %(levelname)s | %(message)s", "%Y-%m-%d,%H:%M:%S")
     handlers = [logging.StreamHandler(sys.stdout)]
@@ -93,6 +91,18 @@ def setup_logging(run_dir: Optional[str], is_master: bool) -> None:
         h.setFormatter(fmt)
         h._clipkern = True
         root.addHandler(h)
+
+
+def _close_logging() -> None:
+    """Removes this run's handlers (in-process callers, e.g. tests, keep their logging as it was)."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_clipkern", False):
+            root.removeHandler(h)
+            h.close()
+    if getattr(root, "_clipkern_level", None) is not None:
+        root.setLevel(root._clipkern_level)
+        root._clipkern_level = None
 
 
 def resolve_data(path: str, kind: str, split: str) -> str:
@@ -300,6 +310,7 @@ def main(argv=None) -> int:
         return _train(args, info, device)
     finally:
         torch.set_num_threads(previous_threads)
+        _close_logging()
         if info.distributed and dist.is_initialized():
             dist.destroy_process_group()
 
