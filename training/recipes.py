@@ -13,7 +13,6 @@ features), computed once per batch and shared by the plain and the grad-cache st
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 
