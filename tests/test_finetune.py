@@ -262,3 +262,17 @@ def test_torchrun_resume_gives_the_same_next_step_loss(tmp_path):
     straight = {r["step"]: r["loss"] for r in metrics(tmp_path / "straight")}
     resumed = {r["step"]: r["loss"] for r in metrics(tmp_path / "resumed")}
     assert list(resumed) == [4] and resumed[4] == straight[4], (resumed, straight)
+
+
+def test_grad_cache_flag_follows_the_plain_run(tmp_path):
+    """--grad-cache-chunk through the CLI, one process: same losses step by step as the plain loop."""
+    world = make_world(tmp_path / "world", n_train=16)
+    common = ["--loss", "clip", "--train-data", world, "--batch-size", 8, "--epochs", 2, "--max-steps", 3,
+              "--lr", "2e-3"]
+    run_finetune(common + _fast(tmp_path, "plain"))
+    run_finetune(common + ["--grad-cache-chunk", 3] + _fast(tmp_path, "gc"))
+    plain, gc = metrics(tmp_path / "plain"), metrics(tmp_path / "gc")
+    assert len(plain) == len(gc) == 3
+    for a, b in zip(plain, gc):
+        assert abs(a["loss"] - b["loss"]) <= 1e-5 * abs(a["loss"]), (a, b)
+    assert plain[0]["loss"] != plain[-1]["loss"]
