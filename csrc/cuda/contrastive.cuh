@@ -26,7 +26,9 @@
 //
 // Matmul engines (UseMma in common.cuh): fp16/bf16 on the tensor cores with nvcuda::wmma 16×16×16 fragments, fp32
 // accumulation (dS is rounded to the input dtype for the dS·Y product, as a torch matmul in that dtype
-// would); fp32 with plain SIMT fmaf (no TF32), so fp32 keeps full fp32 accuracy.
+// would); operand tiles are double-buffered with cp.async when D % 8 == 0 and rows are 16-byte aligned
+// (synchronous staging otherwise; the mma sequence, hence every S value, is the same on both paths);
+// fp32 with plain SIMT fmaf (no TF32), so fp32 keeps full fp32 accuracy.
 #pragma once
 
 #include <mma.h>
@@ -43,12 +45,48 @@ constexpr int BK = 32;  // K (= D) step of the raw tile: identical in forward an
 
 template <typename T> struct Pad { static constexpr int value = std::is_same<T, float>::value ? 1 : 8; };
 
-// Operand staging of one raw tile: A rows (TM×BK) and B rows (TN×BK), K contiguous.
+// Operand staging of one raw tile: A rows (TM×BK) and B rows (TN×BK), K contiguous; two stages on the
+// tensor-core path (cp.async double buffering), one on the SIMT path.
 template <typename T, int TM, int TN> struct OperandSmem {
   static constexpr int LD = BK + Pad<T>::value;
-  alignas(128) T a[TM * LD];
-  alignas(128) T b[TN * LD];
+  static constexpr int STAGES = UseMma<T>::value ? 2 : 1;
+  alignas(128) T a[STAGES * TM * LD];
+  alignas(128) T b[STAGES * TN * LD];
 };
+
+// 16-byte global → shared copy: cp.async on sm_80+ (completes at cp_async_wait), a plain copy below.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned saddr = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(saddr), "l"(src));
+#else
+  *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+// Waits until at most one committed group is still in flight.
+__device__ __forceinline__ void cp_async_wait_all_but_one() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group 1;\n" ::);
+#endif
+}
+
+// Asynchronous staging of a ROWS × BK slice (K from k0) of a 16-bit row-major matrix with D % 8 == 0 and
+// a 16-byte aligned base: every 8-element chunk is either wholly inside (copied) or wholly outside (zeroed).
+template <typename T, int ROWS, int LD>
+__device__ __forceinline__ void stage_async(T* dst, const T* src, int D, int k0, int valid_rows, int tid, int nthreads) {
+  constexpr int VEC = 8, CV = BK / VEC;
+  for (int idx = tid; idx < ROWS * CV; idx += nthreads) {
+    const int r = idx / CV, c = (idx % CV) * VEC;
+    T* d = dst + r * LD + c;
+    if (r < valid_rows && k0 + c < D) cp_async16(d, src + (long long)r * D + k0 + c);
+    else *reinterpret_cast<uint4*>(d) = make_uint4(0u, 0u, 0u, 0u);
+  }
+}
 
 // dst[r][c] (leading dimension LD) = src[r·src_ld + c] for r < valid_rows and c < valid_cols, else 0.
 // 16-bit types move 16 bytes per thread when src and its row stride are 16-byte aligned.
@@ -134,11 +172,8 @@ __device__ __forceinline__ void raw_tile(const T* A, int ma, const T* B, int nb,
     wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[FPW];
 #pragma unroll
     for (int f = 0; f < FPW; ++f) wmma::fill_fragment(acc[f], 0.f);
-    for (int k0 = 0; k0 < D; k0 += BK) {
-      __syncthreads();
-      stage_tile<T, TM, BK, LD>(sm.a, A + k0, D, ma, D - k0, tid, NT);
-      stage_tile<T, TN, BK, LD>(sm.b, B + k0, D, nb, D - k0, tid, NT);
-      __syncthreads();
+    // one BK step on the operands of one stage; the same mma sequence on both staging paths
+    auto mma_step = [&](const T* sa, const T* sb) {
 #pragma unroll
       for (int kk = 0; kk < BK; kk += 16) {
 #pragma unroll
@@ -146,10 +181,38 @@ __device__ __forceinline__ void raw_tile(const T* A, int ma, const T* B, int nb,
           const int fid = warp + NW * f, fr = fid / FC, fc = fid % FC;
           wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa;
           wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> fb;
-          wmma::load_matrix_sync(fa, sm.a + fr * 16 * LD + kk, LD);
-          wmma::load_matrix_sync(fb, sm.b + fc * 16 * LD + kk, LD);
+          wmma::load_matrix_sync(fa, sa + fr * 16 * LD + kk, LD);
+          wmma::load_matrix_sync(fb, sb + fc * 16 * LD + kk, LD);
           wmma::mma_sync(acc[f], fa, fb, acc[f]);
         }
+      }
+    };
+    const bool async_ok = D % 8 == 0 && reinterpret_cast<size_t>(A) % 16 == 0 && reinterpret_cast<size_t>(B) % 16 == 0;
+    if (async_ok) {  // double buffer: the loads of step kt + 1 fly while step kt runs on the tensor cores
+      const int KT = (D + BK - 1) / BK;
+      __syncthreads();
+      stage_async<T, TM, LD>(sm.a, A, D, 0, ma, tid, NT);
+      stage_async<T, TN, LD>(sm.b, B, D, 0, nb, tid, NT);
+      cp_async_commit();
+      for (int kt = 0; kt < KT; ++kt) {
+        const int cur = kt & 1;
+        if (kt + 1 < KT) {
+          stage_async<T, TM, LD>(sm.a + (cur ^ 1) * TM * LD, A, D, (kt + 1) * BK, ma, tid, NT);
+          stage_async<T, TN, LD>(sm.b + (cur ^ 1) * TN * LD, B, D, (kt + 1) * BK, nb, tid, NT);
+        }
+        cp_async_commit();  // possibly empty: keeps the group count uniform
+        cp_async_wait_all_but_one();
+        __syncthreads();
+        mma_step(sm.a + cur * TM * LD, sm.b + cur * TN * LD);
+        __syncthreads();  // stage cur is refilled in the next iteration
+      }
+    } else {
+      for (int k0 = 0; k0 < D; k0 += BK) {
+        __syncthreads();
+        stage_tile<T, TM, BK, LD>(sm.a, A + k0, D, ma, D - k0, tid, NT);
+        stage_tile<T, TN, BK, LD>(sm.b, B + k0, D, nb, D - k0, tid, NT);
+        __syncthreads();
+        mma_step(sm.a, sm.b);
       }
     }
 #pragma unroll
