@@ -219,6 +219,20 @@ def test_torchrun_two_gloo_processes_local_loss_gather_with_grad(tmp_path):
     assert ddp[0]["loss"] != ddp[-1]["loss"], "the weights did not change"
 
 
+@pytest.mark.slow
+def test_torchrun_survives_a_corrupt_image_on_one_rank(tmp_path):
+    """A dropped image shrinks one rank's batch; the gathered loss needs equal sizes, so every rank cuts
+    its batch to the smallest (training.finetune.equalise_batch) instead of failing in the all_gather."""
+    world = make_world(tmp_path / "world", n_train=32)
+    for line in (world / "train.csv").read_text().splitlines()[1:]:
+        (world / line.split("\t")[0]).write_bytes(b"not a png")
+        break
+    _torchrun(tmp_path, world, "corrupt", ["--max-steps", "4"])
+    rows = metrics(tmp_path / "corrupt")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(math.isfinite(r["loss"]) for r in rows)
+    assert "skipped 1 unreadable images" in (tmp_path / "corrupt" / "out.log").read_text()
+
+
 # ------------------------------------------------------------------------------------------ semantic cache
 class _CountingEncoder:
     def __init__(self):

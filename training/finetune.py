@@ -164,6 +164,23 @@ def _to(batch, device):
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
+def equalise_batch(batch: dict, info: "DistInfo", device) -> dict:
+    """Cuts every rank's batch to the smallest rank's size. Unreadable images shrink a batch on one rank
+    only, and the gathered losses (local_loss / gather_with_grad) need equal sizes on every rank.
+    Per-sample entries (tensors and lists whose first dimension is the batch size) are truncated;
+    'diffs' batches are left alone (their loss is computed per process, no gather)."""
+    if not info.distributed or "pairs" in batch or not torch.is_tensor(batch.get("image")):
+        return batch
+    n = batch["image"].shape[0]
+    t = torch.tensor([n], dtype=torch.long, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    m = int(t.item())
+    if m == n:
+        return batch
+    return {k: (v[:m] if (torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == n) or
+                (isinstance(v, list) and len(v) == n) else v) for k, v in batch.items()}
+
+
 def _input_dtype(model) -> torch.dtype:
     """The dtype images must have: the image stem's (its first conv), else the most common weight dtype
     (open_clip's pure bf16 keeps embeddings and scalars in fp32)."""
@@ -475,7 +492,7 @@ def _train(args, info: DistInfo, device) -> int:
                        desc=f"epoch {epoch}", dynamic_ncols=True, leave=False, file=sys.stderr)
             t_last = time.perf_counter()
             for batch in it:
-                batch = _to(batch, device)
+                batch = equalise_batch(_to(batch, device), info, device)
                 if "image" in batch and torch.is_tensor(batch["image"]):
                     batch["image"] = batch["image"].to(_input_dtype(unwrapped))
                 lr = cosine_lr(step, args.lr, args.warmup, total_steps)
