@@ -117,12 +117,14 @@ def listmle_loss(scores: Tensor, targets: Tensor, decay: str | None, backend: st
     """mean_r ListMLE(scores[r], order of targets[r]). Inputs are validated by the caller."""
     if backend == "reference":
         return reference.listmle_loss(scores, targets, decay)
-    if backend == "cuda":  # the csrc op has no row-length limit
+    if backend not in ("triton", "cuda"):
+        raise ValueError(f"no {backend!r} implementation of the ListMLE loss")
+    # The CUDA kernel holds a row in one block's shared memory up to 8192 columns (csrc/cuda/listmle.cuh);
+    # the C++ CPU implementation has no limit.
+    if backend == "cuda" and (scores.device.type != "cuda" or scores.shape[1] <= MATRIX_MAX_N):
         from .cuda_ops import cuda_listmle_rows
 
         return cuda_listmle_rows(scores, targets.detach(), decay == "log").mean()
-    if backend != "triton":
-        raise ValueError(f"no {backend!r} implementation of the ListMLE loss")
     if scores.shape[1] > MATRIX_MAX_N:
         # Long rows: the whole row no longer fits one block. Documented fallback: the reference,
         # in fp32, with its B×N temporaries.
