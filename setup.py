@@ -65,6 +65,12 @@ def _cuda_plan(cu_sources: list[str]) -> tuple[bool, str]:
 def extension_kwargs() -> dict:
     if os.environ.get("CLIPKERN_NO_EXTENSION", "0") not in ("", "0"):
         return {}
+    if importlib.util.find_spec("torch") is None:
+        # e.g. `pip install .` with build isolation: the build environment has no torch to compile against.
+        print("clipkern: torch is not importable in this build environment, so clipkern._C is not built "
+              "(backend='cuda' unavailable; triton/reference work). Build it with "
+              "`pip install --no-build-isolation .` in an environment that has torch.", file=sys.stderr)
+        return {}
     rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))  # noqa: E731
     cpp_sources = ["csrc/ops.cpp", *rel("csrc/cpu/*.cpp")]
     cu_sources = rel("csrc/cuda/*.cu")
