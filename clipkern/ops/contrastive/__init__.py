@@ -41,23 +41,25 @@ def _(x, y, scale, row_max, row_logsum, col_max, col_logsum, g_row, g_col):
     return torch.empty_like(x), torch.empty_like(y), scale.new_empty((), dtype=torch.float32)
 
 
-def _setup_context(ctx, inputs, output):
+def lse_setup_context(ctx, inputs, output):
     x, y, scale = inputs
     row_max, _, col_max, _ = output
     ctx.mark_non_differentiable(row_max, col_max)
     ctx.save_for_backward(x, y, scale, *output)
 
 
-def _backward(ctx, _g_row_max, g_row, _g_col_max, g_col):
-    x, y, scale, row_max, row_logsum, col_max, col_logsum = ctx.saved_tensors
-    g_row = torch.zeros_like(row_logsum) if g_row is None else g_row
-    g_col = torch.zeros_like(col_logsum) if g_col is None else g_col
-    dx, dy, dscale = triton_contrastive_lse_bwd(x, y, scale, row_max, row_logsum, col_max, col_logsum,
-                                                g_row, g_col)
-    return dx, dy, dscale.to(scale.dtype)
+def lse_backward(bwd_op):
+    """The autograd backward of an lse op (Triton's here, the csrc one in cuda_ops.py) over its bwd op."""
+    def backward(ctx, _g_row_max, g_row, _g_col_max, g_col):
+        x, y, scale, row_max, row_logsum, col_max, col_logsum = ctx.saved_tensors
+        g_row = torch.zeros_like(row_logsum) if g_row is None else g_row
+        g_col = torch.zeros_like(col_logsum) if g_col is None else g_col
+        dx, dy, dscale = bwd_op(x, y, scale, row_max, row_logsum, col_max, col_logsum, g_row, g_col)
+        return dx, dy, dscale.to(scale.dtype)
+    return backward
 
 
-triton_contrastive_lse.register_autograd(_backward, setup_context=_setup_context)
+triton_contrastive_lse.register_autograd(lse_backward(triton_contrastive_lse_bwd), setup_context=lse_setup_context)
 
 
 def lse_op(backend: str):

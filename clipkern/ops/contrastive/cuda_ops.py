@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ... import _extension
 from ..._backend import BackendUnavailable
+from . import lse_backward, lse_setup_context
 
 if _extension.load() is None:
     raise BackendUnavailable(f"backend='cuda' is unavailable: {_extension.unavailable_reason()}")
@@ -33,22 +34,8 @@ def _(x, y, scale, row_max, row_logsum, col_max, col_logsum, g_row, g_col):
     return torch.empty_like(x), torch.empty_like(y), scale.new_empty((), dtype=_acc_dtype(x))
 
 
-def _setup_context(ctx, inputs, output):
-    x, y, scale = inputs
-    row_max, _, col_max, _ = output
-    ctx.mark_non_differentiable(row_max, col_max)
-    ctx.save_for_backward(x, y, scale, *output)
-
-
-def _backward(ctx, _g_row_max, g_row, _g_col_max, g_col):
-    x, y, scale, row_max, row_logsum, col_max, col_logsum = ctx.saved_tensors
-    g_row = torch.zeros_like(row_logsum) if g_row is None else g_row
-    g_col = torch.zeros_like(col_logsum) if g_col is None else g_col
-    dx, dy, dscale = _OPS.contrastive_bwd(x, y, scale, row_max, row_logsum, col_max, col_logsum, g_row, g_col)
-    return dx, dy, dscale.to(scale.dtype)
-
-
-torch.library.register_autograd("clipkern::contrastive_fwd", _backward, setup_context=_setup_context)
+torch.library.register_autograd("clipkern::contrastive_fwd", lse_backward(_OPS.contrastive_bwd),
+                               setup_context=lse_setup_context)
 
 
 def cuda_contrastive_lse(x: Tensor, y: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -40,20 +40,25 @@ def _(a, r, scale, lse_max, lse_logsum, g):
     return a.new_empty(a.shape, dtype=torch.float32), r.new_empty(r.shape, dtype=torch.float32)
 
 
-def _setup_context(ctx, inputs, output):
+def pairdiff_setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(output[0])
     ctx.save_for_backward(*inputs, *output)
 
 
-def _backward(ctx, _g_max, g):
-    a, r, scale, lse_max, lse_logsum = ctx.saved_tensors
-    g = torch.zeros_like(lse_logsum) if g is None else g
-    u, t = triton_pairdiff_lse_bwd(a, r, scale, lse_max, lse_logsum, g)
-    s = scale.float()
-    return (s * u).to(a.dtype), (s * t).to(r.dtype), (t * r.float()).sum().to(scale.dtype)
+def pairdiff_backward(bwd_op):
+    """The autograd backward of an all-pairs lse op (Triton's here, the csrc one in cuda_ops.py):
+    dA = s·u, dR = s·t, ds = Σ t ⊙ r from the bwd op's (u, t)."""
+    def backward(ctx, _g_max, g):
+        a, r, scale, lse_max, lse_logsum = ctx.saved_tensors
+        g = torch.zeros_like(lse_logsum) if g is None else g
+        u, t = bwd_op(a, r, scale, lse_max, lse_logsum, g)
+        s = scale.to(u.dtype)
+        return (s * u).to(a.dtype), (s * t).to(r.dtype), (t * r.to(t.dtype)).sum().to(scale.dtype)
+    return backward
 
 
-triton_pairdiff_lse.register_autograd(_backward, setup_context=_setup_context)
+triton_pairdiff_lse.register_autograd(pairdiff_backward(triton_pairdiff_lse_bwd),
+                                      setup_context=pairdiff_setup_context)
 
 
 def pairdiff_lse_op(backend: str):

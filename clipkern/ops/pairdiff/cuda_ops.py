@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ... import _extension
 from ..._backend import BackendUnavailable
+from . import pairdiff_backward, pairdiff_setup_context
 
 if _extension.load() is None:
     raise BackendUnavailable(f"backend='cuda' is unavailable: {_extension.unavailable_reason()}")
@@ -32,20 +33,8 @@ def _(a, r, scale, lse_max, lse_logsum, g):
     return a.new_empty(a.shape, dtype=acc), r.new_empty(r.shape, dtype=acc)
 
 
-def _setup_context(ctx, inputs, output):
-    ctx.mark_non_differentiable(output[0])
-    ctx.save_for_backward(*inputs, *output)
-
-
-def _backward(ctx, _g_max, g):
-    a, r, scale, lse_max, lse_logsum = ctx.saved_tensors
-    g = torch.zeros_like(lse_logsum) if g is None else g
-    u, t = _OPS.pairdiff_bwd(a, r, scale, lse_max, lse_logsum, g)
-    s = scale.to(u.dtype)
-    return (s * u).to(a.dtype), (s * t).to(r.dtype), (t * r.to(t.dtype)).sum().to(scale.dtype)
-
-
-torch.library.register_autograd("clipkern::pairdiff_fwd", _backward, setup_context=_setup_context)
+torch.library.register_autograd("clipkern::pairdiff_fwd", pairdiff_backward(_OPS.pairdiff_bwd),
+                               setup_context=pairdiff_setup_context)
 
 
 def cuda_pairdiff_lse(a: Tensor, r: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:

@@ -54,18 +54,21 @@ def _(scores, targets, g, decay_log):
     return scores.new_empty(scores.shape)
 
 
-def _rows_setup_context(ctx, inputs, output):
+def rows_setup_context(ctx, inputs, output):
     scores, targets, decay_log = inputs
     ctx.decay_log = decay_log
     ctx.save_for_backward(scores, targets)
 
 
-def _rows_backward(ctx, g):
-    scores, targets = ctx.saved_tensors
-    return triton_listmle_rows_bwd(scores, targets, g, ctx.decay_log), None, None
+def rows_backward(bwd_op):
+    """The autograd backward of a per-row ListMLE op (Triton's here, the csrc one in cuda_ops.py)."""
+    def backward(ctx, g):
+        scores, targets = ctx.saved_tensors
+        return bwd_op(scores, targets, g, ctx.decay_log), None, None
+    return backward
 
 
-triton_listmle_rows.register_autograd(_rows_backward, setup_context=_rows_setup_context)
+triton_listmle_rows.register_autograd(rows_backward(triton_listmle_rows_bwd), setup_context=rows_setup_context)
 
 
 # ---------------------------------------------------------------------------------- fused ops

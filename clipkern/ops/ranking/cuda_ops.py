@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ... import _extension
 from ..._backend import BackendUnavailable
+from . import rows_backward, rows_setup_context
 
 if _extension.load() is None:
     raise BackendUnavailable(f"backend='cuda' is unavailable: {_extension.unavailable_reason()}")
@@ -29,18 +30,8 @@ def _(scores, targets, g, decay_log):
     return scores.new_empty(scores.shape)
 
 
-def _setup_context(ctx, inputs, output):
-    scores, targets, decay_log = inputs
-    ctx.decay_log = decay_log
-    ctx.save_for_backward(scores, targets)
-
-
-def _backward(ctx, g):
-    scores, targets = ctx.saved_tensors
-    return _OPS.listmle_bwd(scores, targets, g, ctx.decay_log), None, None
-
-
-torch.library.register_autograd("clipkern::listmle_fwd", _backward, setup_context=_setup_context)
+torch.library.register_autograd("clipkern::listmle_fwd", rows_backward(_OPS.listmle_bwd),
+                               setup_context=rows_setup_context)
 
 
 def cuda_listmle_rows(scores: Tensor, targets: Tensor, decay_log: bool) -> Tensor:
