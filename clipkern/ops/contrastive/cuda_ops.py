@@ -31,7 +31,8 @@ def _(x, y, scale):
 
 @torch.library.register_fake("clipkern::contrastive_bwd")
 def _(x, y, scale, row_max, row_logsum, col_max, col_logsum, g_row, g_col):
-    return torch.empty_like(x), torch.empty_like(y), scale.new_empty((), dtype=_acc_dtype(x))
+    # contiguous outputs (both implementations allocate fresh ones), dscale on the features' device
+    return x.new_empty(x.shape), y.new_empty(y.shape), x.new_empty((), dtype=_acc_dtype(x))
 
 
 torch.library.register_autograd("clipkern::contrastive_fwd", lse_backward(_OPS.contrastive_bwd),
