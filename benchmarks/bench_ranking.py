@@ -29,6 +29,7 @@ B = 32, 64, 128, D = 64, fp32, one thread.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 
 import torch
@@ -36,7 +37,6 @@ import torch
 from . import common as C
 
 PROVIDERS = ("clipkern", "clipkern-matrix", "cuda", "torch", "torch.compile")
-METRICS = ("time_ms", "peak_mem_mib")
 
 
 def _terms_fn(backend: str, fused):
@@ -99,7 +99,7 @@ def _path(name: str, backend: str, B: int) -> str:
     return "fused"
 
 
-def _row(env, name, backend, B, D, dtype, metric, status, note="", **vals):
+def _row(env, D, dtype, name, backend, B, metric, status, note="", **vals):
     row = {"provider": name, "loss": "rankclip-listmle", "mode": "fwd+bwd", "metric": metric, "B": B, "N": B,
            "D": D, "dtype": dtype, "backend": backend, "status": status, "note": note, "median": None,
            "q20": None, "q80": None, "reps": None, "loss_value": None, "rel_diff_vs_torch": None}
@@ -110,70 +110,18 @@ def _row(env, name, backend, B, D, dtype, metric, status, note="", **vals):
 
 def run(sizes, D, dtype_name, device, env, names, rep_ms):
     dtype = C.DTYPES[dtype_name]
-    providers, rows = [], []
-    for name in names:
-        try:
-            providers.append(build(name, device, dtype))
-        except C.ProviderUnavailable as exc:
-            rows.append(_row(env, name, None, None, D, dtype_name, None, "skipped", str(exc)))
-    done = {}
-    for B in sizes:
-        inputs = C.make_inputs("clip", B, D, dtype, device, seed=B)
-        for p in providers:
-            if p.name in done:
-                continue
-            print(f"[rankclip-listmle] B={B:>6} {p.name:<16}", end=" ", file=sys.stderr, flush=True)
-            base = dict(env=env, name=p.name, backend=p.backend, B=B, D=D, dtype=dtype_name)
-            try:
-                value = C.step(p.fn, inputs).double().item()
-                t = C.time_fwd_bwd(p.fn, inputs, warmup_ms=rep_ms / 4, rep_ms=rep_ms, min_reps=3, max_reps=100)
-                mem = C.peak_extra_mib(p.fn, inputs)
-            except Exception as exc:  # noqa: BLE001 - recorded, never swallowed
-                why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
-                status = "OOM" if C.is_oom(exc) else "error"
-                print(status, why, file=sys.stderr)
-                rows += [_row(**base, metric=m, status=status, note=why) for m in METRICS]
-                done[p.name] = f"{status} at B={B}"
-            if p.name in done:
-                C.free_memory(device)
-                continue
-            print(f"{t.median:10.3f} ms", file=sys.stderr)
-            note = "; ".join(x for x in (p.note, _path(p.name, p.backend, B)) if x)
-            rows.append(_row(**base, metric="time_ms", status="ok", note=note, median=t.median, q20=t.q20,
-                             q80=t.q80, reps=t.reps, loss_value=value))
-            rows.append(_row(**base, metric="peak_mem_mib", status="ok" if mem is not None else "not measured",
-                             note=note if mem is not None else "not measured on CPU", median=mem, q20=mem, q80=mem))
-        del inputs
-        C.free_memory(device)
-    naive = {r["B"]: r["loss_value"] for r in rows if r["provider"] == "torch" and r["loss_value"] is not None}
-    for r in rows:
-        if r["loss_value"] is not None and r["B"] in naive:
-            r["rel_diff_vs_torch"] = abs(r["loss_value"] - naive[r["B"]]) / max(abs(naive[r["B"]]), 1e-30)
-    return rows
+    providers, skipped = C.build_each(names, lambda name: build(name, device, dtype))
+    rows = C.sweep(providers, sizes, lambda B: C.make_inputs("clip", B, D, dtype, device, seed=B),
+                   functools.partial(_row, env, D, dtype_name), skipped=skipped, device=device,
+                   label="[rankclip-listmle] B={size:>6} {name:<16}",
+                   time_kw=dict(warmup_ms=rep_ms / 4, rep_ms=rep_ms, min_reps=3, max_reps=100),
+                   note_fn=lambda p, B: "; ".join(x for x in (p.note, _path(p.name, p.backend, B)) if x))
+    return C.rel_diff_vs_torch(rows, "B")
 
 
 def table(rows) -> str:
     """One line per provider × B, with the speed and memory ratios against naive torch."""
-    times = {(r["provider"], r["B"]): r for r in rows if r["metric"] == "time_ms"}
-    mems = {(r["provider"], r["B"]): r for r in rows if r["metric"] == "peak_mem_mib"}
-    lines = [f"{'B':>6}  {'provider':<16} {'backend':<22} {'median ms [q20-q80]':<26} {'x torch':>8} "
-             f"{'peak MiB':>9} {'/ torch':>8}  {'rel.diff':>8}  status"]
-    for (name, B), r in sorted(times.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        m = mems.get((name, B), {})
-        base_t, base_m = times.get(("torch", B), {}), mems.get(("torch", B), {})
-        if r["status"] != "ok":
-            lines.append(f"{B:>6}  {name:<16} {str(r['backend']):<22} {'-':<26} {'-':>8} {'-':>9} {'-':>8}  {'-':>8}  "
-                         f"{r['status']}: {r['note'][:60]}")
-            continue
-        tm = f"{r['median']:.3f} [{r['q20']:.3f}-{r['q80']:.3f}]"
-        speed = f"{base_t['median'] / r['median']:.2f}" if base_t.get("median") else "-"
-        pk = "n/a" if m.get("median") is None else f"{m['median']:.1f}"
-        mem_ratio = (f"{base_m['median'] / m['median']:.2f}" if base_m.get("median") and m.get("median") else "-")
-        diff = "-" if r["rel_diff_vs_torch"] is None else f"{r['rel_diff_vs_torch']:.1e}"
-        star = " *" if C.INTERPRETED_NOTE in r["note"] else ""
-        lines.append(f"{B:>6}  {name:<16} {str(r['backend']):<22} {tm:<26} {speed:>8} {pk:>9} {mem_ratio:>8}  "
-                     f"{diff:>8}  ok{star} {r['note'].replace(C.INTERPRETED_NOTE, '').strip('; ')}")
-    return "\n".join(lines + C.table_footer(rows, times, mems))
+    return C.ratio_table(rows, "B", "B", show_note=True)
 
 
 def main(argv=None) -> int:
@@ -181,16 +129,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch-sizes", nargs="+", type=int, help="default: 1024..8192 on CUDA, 32 64 128 on CPU")
     C.add_script_args(p, PROVIDERS)
     args = p.parse_args(argv)
-    device = C.pick_device()
-    cuda = device.type == "cuda"
-    sizes = sorted(args.batch_sizes or ([1024, 2048, 4096, 8192] if cuda else [32, 64, 128]))
-    D, dtype, rep_ms = C.script_settings(device, args.dim, args.dtype, args.rep_ms, args.cpu_threads)
-    env = C.environment(device)
-    C.print_header(env)
-    rows = run(sizes, D, dtype, device, env, args.providers, rep_ms)
-    C.write_json(args.out, device, "rankclip_listmle.json", rows)
-    print(f"== four ListMLE calls of a RankCLIP step, fwd+bwd, D={D}, {dtype}, {env['device']}\n{table(rows)}")
-    return 0
+    return C.run_script(args, args.batch_sizes, [1024, 2048, 4096, 8192], [32, 64, 128],
+                        run, table, "rankclip_listmle.json",
+                        "four ListMLE calls of a RankCLIP step, fwd+bwd, D={D}, {dtype}, {device}")
 
 
 if __name__ == "__main__":

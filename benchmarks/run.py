@@ -19,6 +19,7 @@ then prints a short table. What is measured: see benchmarks/common.py.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -46,7 +47,7 @@ def _parse(argv):
     return p.parse_args(argv)
 
 
-def _row(env, loss, prov_name, backend, metric, B, D, dtype, status, note="", **vals):
+def _row(env, loss, D, dtype, prov_name, backend, B, metric, status, note="", **vals):
     row = {"provider": prov_name, "loss": loss, "mode": "fwd+bwd", "metric": metric, "B": B, "N": B, "D": D,
            "dtype": dtype, "backend": backend, "status": status, "note": note,
            "median": None, "q20": None, "q80": None, "reps": None, "tflops": None,
@@ -57,52 +58,25 @@ def _row(env, loss, prov_name, backend, metric, B, D, dtype, status, note="", **
 
 
 def run_loss(loss, sizes, D, dtype_name, device, env, names=None, huge=False, rep_ms=500.0):
-    """All rows for one loss. Progress goes to stderr."""
+    """All rows for one loss (the loop: common.sweep). Progress goes to stderr."""
     dtype = C.DTYPES[dtype_name]
     providers, skipped = C.build_providers(loss, device, dtype, D, names)
-    rows = [_row(env, loss, n, None, None, None, D, dtype_name, "skipped", why) for n, why in skipped]
-    done = {}  # provider name -> why it no longer runs (OOM / error at a smaller B)
-    ran = set()
-    plan = [(B, providers) for B in sizes]
-    if huge:
-        plan += [(HUGE_B, [p for p in providers if p.name == "clipkern"])]
-    for B, provs in plan:
-        if not provs:
-            continue
+    matmul = {}  # B -> (TFLOP/s, n) of the bf16 matmul, measured beside the inputs of that B
+
+    def make_inputs(B):
         inputs = C.make_inputs(loss, B, D, dtype, device, seed=B)
-        mm, mm_n = C.matmul_tflops(B, D, device)
-        for p in provs:
-            if p.name in done:
-                continue
-            print(f"[{loss}] B={B:>8} {p.name:<14}", end=" ", file=sys.stderr, flush=True)
-            base = dict(env=env, loss=loss, prov_name=p.name, backend=p.backend, B=B, D=D, dtype=dtype_name)
-            try:
-                value = C.step(p.fn, inputs).float().item()
-                t = C.time_fwd_bwd(p.fn, inputs, rep_ms=rep_ms, min_reps=3 if B >= HUGE_B else 5)
-                mem = C.peak_extra_mib(p.fn, inputs)
-            except Exception as exc:  # noqa: BLE001 - recorded, never swallowed
-                why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
-                status = "OOM" if C.is_oom(exc) else ("skipped" if p.name not in ran else "error")
-                print(status, why, file=sys.stderr)
-                if status == "skipped":  # its first run failed: skipped, not a size result
-                    rows.append(_row(**{**base, "B": None}, metric=None, status="skipped", note=why))
-                else:
-                    rows += [_row(**base, metric=m, status=status, note=why) for m in ("time_ms", "peak_mem_mib")]
-                done[p.name] = f"{status} at B={B}"
-            if p.name in done:  # free outside the except block: its traceback holds tensors
-                C.free_memory(device)
-                continue
-            ran.add(p.name)
-            print(f"{t.median:10.3f} ms", file=sys.stderr)
-            rows.append(_row(**base, metric="time_ms", status="ok", note=p.note, median=t.median, q20=t.q20,
-                             q80=t.q80, reps=t.reps, tflops=C.loss_tflops(loss, B, B, D, t.median),
-                             matmul_tflops=mm, matmul_n=mm_n, loss_value=value))
-            rows.append(_row(**base, metric="peak_mem_mib", status="ok" if mem is not None else "not measured",
-                             note=p.note if mem is not None else "not measured on CPU",
-                             median=mem, q20=mem, q80=mem))
-        del inputs
-        C.free_memory(device)
-    return rows
+        matmul[B] = C.matmul_tflops(B, D, device)
+        return inputs
+
+    def time_vals(B, t):
+        mm, mm_n = matmul[B]
+        return dict(tflops=C.loss_tflops(loss, B, B, D, t.median), matmul_tflops=mm, matmul_n=mm_n)
+
+    also = [(HUGE_B, [p for p in providers if p.name == "clipkern"])] if huge else []
+    return C.sweep(providers, sizes, make_inputs, functools.partial(_row, env, loss, D, dtype_name),
+                   skipped=skipped, also=also, device=device, label=f"[{loss}] B={{size:>8}} {{name:<14}}",
+                   time_kw=lambda B: dict(rep_ms=rep_ms, min_reps=3 if B >= HUGE_B else 5), time_vals=time_vals,
+                   value_dtype=torch.float32, first_failure_skips=True)
 
 
 def plot(rows, path, title):
