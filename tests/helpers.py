@@ -55,3 +55,17 @@ def check_against_reference(fn, inputs: dict, dtype, grad_names, reference_backe
         assert name in g_k, f"kernel path gave no gradient for {name}"
         assert_within_2x_torch(f"d{name}", g_k[name], g_t[name], g_r[name], dtype)
     return loss_k, g_k
+
+
+def assert_compile_matches_eager(step, inputs) -> None:
+    """`torch.compile(step, fullgraph=True)` gives eager's value and input gradients (each run on its
+    own fresh leaf copies of `inputs`)."""
+    eager_in = [t.detach().clone().requires_grad_() for t in inputs]
+    comp_in = [t.detach().clone().requires_grad_() for t in inputs]
+    eager = step(*eager_in)
+    compiled = torch.compile(step, fullgraph=True)(*comp_in)
+    torch.testing.assert_close(compiled, eager)
+    eager.backward()
+    compiled.backward()
+    for e, k in zip(eager_in, comp_in):
+        torch.testing.assert_close(k.grad, e.grad)

@@ -14,7 +14,8 @@ import torch
 import clipkern
 import clipkern.functional as CF
 from clipkern import _backend, _extension, _selection
-from helpers import assert_within_2x_torch, check_against_reference, features, run_with_grads
+from helpers import (assert_compile_matches_eager, assert_within_2x_torch, check_against_reference, features,
+                     run_with_grads)
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 OPS = torch.ops.clipkern
@@ -320,16 +321,7 @@ def test_fullgraph_compile_of_the_cuda_backend(tmp_path, monkeypatch):
     def step(a, c, s):
         return CF.clip_loss(a, c, s, backend="cuda") + CF.listmle_loss(a @ c.T, c @ a.T, backend="cuda")
 
-    a, c, s = features(9, 16), features(9, 16), torch.tensor(10.0)
-    eager_in = [t.clone().requires_grad_() for t in (a, c, s)]
-    comp_in = [t.clone().requires_grad_() for t in (a, c, s)]
-    eager = step(*eager_in)
-    compiled = torch.compile(step, fullgraph=True)(*comp_in)
-    torch.testing.assert_close(compiled, eager)
-    eager.backward()
-    compiled.backward()
-    for e, k in zip(eager_in, comp_in):
-        torch.testing.assert_close(k.grad, e.grad)
+    assert_compile_matches_eager(step, [features(9, 16), features(9, 16), torch.tensor(10.0)])
 
 
 # ------------------------------------------------------------------ families without a csrc twin

@@ -9,7 +9,7 @@ import torch
 import clipkern
 from clipkern.ops.contrastive import triton_contrastive_lse
 from clipkern.ops.sigmoid import triton_sigmoid_rows
-from helpers import features
+from helpers import assert_compile_matches_eager, features
 
 
 def _leaf(t):
@@ -39,17 +39,7 @@ def test_fullgraph_compile_matches_eager(loss, tmp_path, monkeypatch):
         out = module(a, c, s, b, output_dict=True)
         return sum(out.values())
 
-    a, c = features(33, 24), features(33, 24)
-    s, b = torch.tensor(14.3), torch.tensor(-2.0)
-    eager_in = [_leaf(t) for t in (a, c, s, b)]
-    comp_in = [_leaf(t) for t in (a, c, s, b)]
-    eager = step(*eager_in)
-    compiled = torch.compile(step, fullgraph=True)(*comp_in)
-    torch.testing.assert_close(compiled, eager)
-    eager.backward()
-    compiled.backward()
-    for e, k in zip(eager_in, comp_in):
-        torch.testing.assert_close(k.grad, e.grad)
+    assert_compile_matches_eager(step, [features(33, 24), features(33, 24), torch.tensor(14.3), torch.tensor(-2.0)])
 
 
 def test_imports_without_triton():

@@ -9,7 +9,8 @@ import clipkern
 import clipkern.functional as CF
 import clipkern.ops.ranking as ranking
 from clipkern.ops.ranking import rankclip_terms, triton_listmle_features
-from helpers import assert_within_2x_torch, check_against_reference, features, run_with_grads
+from helpers import (assert_compile_matches_eager, assert_within_2x_torch, check_against_reference, features,
+                     run_with_grads)
 
 F32, F16 = torch.float32, torch.float16
 GRADS = ["image_features", "text_features", "logit_scale"]
@@ -236,16 +237,8 @@ def test_fullgraph_compile_matches_eager(tmp_path, monkeypatch):
         out = module(v, t, s, output_dict=True, epoch=3)
         return sum(out.values()) + CF.listmle_loss(scores, scores.T.detach(), backend="triton")
 
-    base = [features(20, 24), features(20, 24), torch.tensor(30.0), 10 * torch.randn(20, 20)]
-    eager_in = [x.detach().clone().requires_grad_() for x in base]
-    comp_in = [x.detach().clone().requires_grad_() for x in base]
-    eager = step(*eager_in)
-    compiled = torch.compile(step, fullgraph=True)(*comp_in)
-    torch.testing.assert_close(compiled, eager)
-    eager.backward()
-    compiled.backward()
-    for e, k in zip(eager_in, comp_in):
-        torch.testing.assert_close(k.grad, e.grad)
+    assert_compile_matches_eager(step, [features(20, 24), features(20, 24), torch.tensor(30.0),
+                                        10 * torch.randn(20, 20)])
 
 
 def test_kernel_precision_at_s100_against_torch():
