@@ -52,6 +52,17 @@ void check_same_device(const Tensor& t, const Tensor& ref, const char* op, const
   TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " must be on ", ref.device(), ", got ", t.device());
 }
 
+// x (M×D) and y (N×D) of the contrastive ops: CUDA, 2-D, non-empty, same device, dtype and width.
+void check_feature_pair(const Tensor& x, const Tensor& y, const char* op) {
+  check_cuda_2d(x, op, "x");
+  check_cuda_2d(y, op, "y");
+  check_same_device(y, x, op, "y");
+  TORCH_CHECK(y.scalar_type() == x.scalar_type(), op, ": y must have the dtype of x (", x.scalar_type(), "), got ",
+              y.scalar_type());
+  TORCH_CHECK(y.size(1) == x.size(1), op, ": y must have as many columns as x (", x.size(1), "), got shape ",
+              y.sizes());
+}
+
 // A 1-D float32 vector of `n` elements on ref's device, made contiguous.
 Tensor vector_f32(const Tensor& t, int64_t n, const Tensor& ref, const char* op, const char* name) {
   TORCH_CHECK(t.dim() == 1 && t.size(0) == n, op, ": ", name, " must have shape (", n, "), got ", t.sizes());
@@ -91,13 +102,7 @@ int sm_count() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCo
 std::tuple<Tensor, Tensor, Tensor, Tensor> contrastive_fwd_cuda(const Tensor& x_in, const Tensor& y_in,
                                                                  const Tensor& scale_in) {
   constexpr const char* op = "clipkern::contrastive_fwd";
-  check_cuda_2d(x_in, op, "x");
-  check_cuda_2d(y_in, op, "y");
-  check_same_device(y_in, x_in, op, "y");
-  TORCH_CHECK(y_in.scalar_type() == x_in.scalar_type(), op, ": y must have the dtype of x (", x_in.scalar_type(),
-              "), got ", y_in.scalar_type());
-  TORCH_CHECK(y_in.size(1) == x_in.size(1), op, ": y must have as many columns as x (", x_in.size(1), "), got shape ",
-              y_in.sizes());
+  check_feature_pair(x_in, y_in, op);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const Tensor x = x_in.contiguous(), y = y_in.contiguous(), scale = scale_f32(scale_in, x_in, op);
   const int M = static_cast<int>(x.size(0)), N = static_cast<int>(y.size(0)), D = static_cast<int>(x.size(1));
@@ -178,13 +183,7 @@ std::tuple<Tensor, Tensor, Tensor> contrastive_bwd_cuda(const Tensor& x_in, cons
                                                         const Tensor& col_max_in, const Tensor& col_logsum_in,
                                                         const Tensor& g_row_in, const Tensor& g_col_in) {
   constexpr const char* op = "clipkern::contrastive_bwd";
-  check_cuda_2d(x_in, op, "x");
-  check_cuda_2d(y_in, op, "y");
-  check_same_device(y_in, x_in, op, "y");
-  TORCH_CHECK(y_in.scalar_type() == x_in.scalar_type(), op, ": y must have the dtype of x (", x_in.scalar_type(),
-              "), got ", y_in.scalar_type());
-  TORCH_CHECK(y_in.size(1) == x_in.size(1), op, ": y must have as many columns as x (", x_in.size(1), "), got shape ",
-              y_in.sizes());
+  check_feature_pair(x_in, y_in, op);
   const int64_t M = x_in.size(0), N = y_in.size(0);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const Tensor x = x_in.contiguous(), y = y_in.contiguous(), scale = scale_f32(scale_in, x_in, op);
