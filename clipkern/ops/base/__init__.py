@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..._backend import interpreter_enabled
+from ... import _extension
+from ..._backend import BackendUnavailable, interpreter_enabled
 
 
 def positive_logits(a: torch.Tensor, c: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -136,3 +137,17 @@ def tile_config(rows: int, cols: int, width: int, device: torch.device, dtype: t
     row_splits = min(row_blocks, 64)
     col_splits = max(1, min(col_blocks, math.ceil(2 * sms / row_splits), 64))
     return TileConfig(fwd, bwd, row_splits, col_splits)
+
+
+# ---------------------------------------------------------------- the csrc extension's ops (backend="cuda")
+def extension_ops():
+    """torch.ops.clipkern with the csrc extension loaded (each family's cuda_ops.py imports it once);
+    BackendUnavailable with the reason when it cannot be loaded."""
+    if _extension.load() is None:
+        raise BackendUnavailable(f"backend='cuda' is unavailable: {_extension.unavailable_reason()}")
+    return torch.ops.clipkern
+
+
+def accumulation_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype of the csrc ops' statistics: float64 for float64 inputs (CPU), float32 otherwise."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32

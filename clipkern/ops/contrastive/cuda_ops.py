@@ -9,30 +9,22 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ... import _extension
-from ..._backend import BackendUnavailable
+from ..base import accumulation_dtype, extension_ops
 from . import lse_backward, lse_setup_context
 
-if _extension.load() is None:
-    raise BackendUnavailable(f"backend='cuda' is unavailable: {_extension.unavailable_reason()}")
-
-_OPS = torch.ops.clipkern
-
-
-def _acc_dtype(x: Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+_OPS = extension_ops()
 
 
 @torch.library.register_fake("clipkern::contrastive_fwd")
 def _(x, y, scale):
-    rows, cols, acc = x.shape[0], y.shape[0], _acc_dtype(x)
+    rows, cols, acc = x.shape[0], y.shape[0], accumulation_dtype(x)
     return tuple(x.new_empty(n, dtype=acc) for n in (rows, rows, cols, cols))
 
 
 @torch.library.register_fake("clipkern::contrastive_bwd")
 def _(x, y, scale, row_max, row_logsum, col_max, col_logsum, g_row, g_col):
     # contiguous outputs (both implementations allocate fresh ones), dscale on the features' device
-    return x.new_empty(x.shape), y.new_empty(y.shape), x.new_empty((), dtype=_acc_dtype(x))
+    return x.new_empty(x.shape), y.new_empty(y.shape), x.new_empty((), dtype=accumulation_dtype(x))
 
 
 torch.library.register_autograd("clipkern::contrastive_fwd", lse_backward(_OPS.contrastive_bwd),

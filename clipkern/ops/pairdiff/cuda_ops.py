@@ -8,28 +8,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ... import _extension
-from ..._backend import BackendUnavailable
+from ..base import accumulation_dtype, extension_ops
 from . import pairdiff_backward, pairdiff_setup_context
 
-if _extension.load() is None:
-    raise BackendUnavailable(f"backend='cuda' is unavailable: {_extension.unavailable_reason()}")
-
-_OPS = torch.ops.clipkern
-
-
-def _acc_dtype(a: Tensor) -> torch.dtype:
-    return torch.float64 if a.dtype == torch.float64 else torch.float32
+_OPS = extension_ops()
 
 
 @torch.library.register_fake("clipkern::pairdiff_fwd")
 def _(a, r, scale):
-    return tuple(a.new_empty(a.shape[0], dtype=_acc_dtype(a)) for _ in range(2))
+    return tuple(a.new_empty(a.shape[0], dtype=accumulation_dtype(a)) for _ in range(2))
 
 
 @torch.library.register_fake("clipkern::pairdiff_bwd")
 def _(a, r, scale, lse_max, lse_logsum, g):
-    acc = _acc_dtype(a)
+    acc = accumulation_dtype(a)
     return a.new_empty(a.shape, dtype=acc), r.new_empty(r.shape, dtype=acc)
 
 

@@ -9,20 +9,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ... import _extension
-from ..._backend import BackendUnavailable
+from ..base import accumulation_dtype, extension_ops
 from . import rows_backward, rows_setup_context
 
-if _extension.load() is None:
-    raise BackendUnavailable(f"backend='cuda' is unavailable: {_extension.unavailable_reason()}")
-
-_OPS = torch.ops.clipkern
+_OPS = extension_ops()
 
 
 @torch.library.register_fake("clipkern::listmle_fwd")
 def _(scores, targets, decay_log):
-    acc = torch.float64 if scores.dtype == torch.float64 else torch.float32
-    return scores.new_empty(scores.shape[0], dtype=acc)
+    return scores.new_empty(scores.shape[0], dtype=accumulation_dtype(scores))
 
 
 @torch.library.register_fake("clipkern::listmle_bwd")
