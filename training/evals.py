@@ -116,15 +116,21 @@ def _predict(img: torch.Tensor, cls: torch.Tensor, k: int) -> torch.Tensor:
     return torch.cat(out)
 
 
-def zero_shot(image_emb, class_text_emb, labels) -> dict:
-    """Zero-shot classification: {"top1", "top5" (top-min(5, C)), "confusion": LongTensor(C, C)}
-    with confusion[true, predicted]."""
+def _classification_inputs(image_emb, class_text_emb, labels):
+    """Checked (images, class prompts, labels, number of classes) of the zero-shot style evaluations."""
     img = _emb("image_emb", image_emb)
     cls = _emb("class_text_emb", class_text_emb, width=img.shape[1])
     _same_device(("image_emb", img), ("class_text_emb", cls))
     img, cls = _common_dtype(img, cls)
     C = cls.shape[0]
     y = _labels("labels", labels, img.shape[0], C, img.device)
+    return img, cls, y, C
+
+
+def zero_shot(image_emb, class_text_emb, labels) -> dict:
+    """Zero-shot classification: {"top1", "top5" (top-min(5, C)), "confusion": LongTensor(C, C)}
+    with confusion[true, predicted]."""
+    img, cls, y, C = _classification_inputs(image_emb, class_text_emb, labels)
     top = _predict(img, cls, min(5, C))
     pred = top[:, 0]
     confusion = torch.bincount(y * C + pred, minlength=C * C).reshape(C, C).cpu()
@@ -217,12 +223,7 @@ def comparative_prompting(image_emb, labels, class_text_emb, encode_text: Callab
     pair is confused), "confused_pairs": [(name_a, name_b, count), ...]}. Each chosen pair {a, b}
     contributes two comparisons, (a, b, text(a vs b)) and (b, a, text(b vs a)), so both classes move.
     """
-    img = _emb("image_emb", image_emb)
-    cls = _emb("class_text_emb", class_text_emb, width=img.shape[1])
-    _same_device(("image_emb", img), ("class_text_emb", cls))
-    img, cls = _common_dtype(img, cls)
-    C = cls.shape[0]
-    y = _labels("labels", labels, img.shape[0], C, img.device)
+    img, cls, y, C = _classification_inputs(image_emb, class_text_emb, labels)
     if isinstance(class_names, str) or len(class_names) != C:
         raise ValueError(f"class_names must be a sequence of {C} names (one per class_text_emb row), "
                          f"got {class_names!r:.80}")
