@@ -87,7 +87,7 @@ def main() -> int:
             cfg = base.tile_config(4096, 4096, 768, torch.device("cuda"), torch_dtype, **cfg_kw)
             args = cfg.kernel_args(torch_dtype, backward=backward)
             num_warps, num_stages = args.pop("num_warps"), args.pop("num_stages")
-            constexprs = dict(args, UPCAST=False, **extra)
+            constexprs = dict(args, INTERPRETED=False, **extra)
             try:
                 kernel = triton.compile(ASTSource(fn, signature(fn, constexprs, dt), constexprs), target=TARGET,
                                         options=dict(num_warps=num_warps, num_stages=num_stages))

@@ -279,7 +279,7 @@ for path, n, dtype in CASES:
     for fn in kernels:
         args = cfg.kernel_args(dtype, fused=fused)
         warps = args.pop("num_warps")
-        constexprs = dict(args, DECAY_LOG=True, **({"UPCAST": False} if fused else {}))
+        constexprs = dict(args, DECAY_LOG=True, **({"INTERPRETED": False} if fused else {}))
         sig = {a: "constexpr" if a in constexprs else
                (f"*{DTYPES[dtype]}" if a in ("a_ptr", "c_ptr", "a2_ptr", "c2_ptr", "scores_ptr", "targets_ptr",
                                              "dscores_ptr") and not (fused and a == "dscores_ptr")

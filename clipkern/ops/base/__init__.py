@@ -81,7 +81,7 @@ class TileConfig:
         from .triton_tiles import dot_precision
 
         b = self.bwd if backward else self.fwd
-        args = dict(BLOCK_M=b.tile, BLOCK_N=b.tile, BLOCK_K=b.k, UPCAST=self.interpret,
+        args = dict(BLOCK_M=b.tile, BLOCK_N=b.tile, BLOCK_K=b.k, INTERPRETED=self.interpret,
                     PRECISION=dot_precision(dtype, self.interpret), num_warps=b.num_warps, num_stages=b.num_stages)
         if backward:
             args["BLOCK_D"] = b.d
@@ -104,10 +104,51 @@ def contiguous_rows(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+SM90_SMS = 132  # an H100/H200 SXM
+TARGETS = ("sm90",)
+
+
+def simulated_target() -> str | None:
+    """CLIPKERN_TARGET=sm90 under TRITON_INTERPRET=1: every launcher takes exactly the launch
+    configuration (blocks, warps, stages, splits, backward chunk) that an sm_90 GPU with 132 SMs
+    would get, so the GPU's work can be counted on a CPU (benchmarks/roofline.py). Ignored outside
+    the interpreter (a real GPU always tiles for itself)."""
+    target = os.environ.get("CLIPKERN_TARGET", "").strip().lower()
+    if not target:
+        return None
+    if target not in TARGETS:
+        raise ValueError(f"CLIPKERN_TARGET must be one of {TARGETS} (or unset), got {target!r}")
+    return target if interpreter_enabled() else None
+
+
+_CONFIG_DTYPE: list[torch.dtype] = []
+
+
+class config_dtype:
+    """Context manager for the performance model: tile as if the features were `dtype` (the
+    interpreter has no bf16, so it counts bf16 launches on fp32 tensors)."""
+
+    def __init__(self, dtype: torch.dtype):
+        self.dtype = dtype
+
+    def __enter__(self):
+        _CONFIG_DTYPE.append(self.dtype)
+
+    def __exit__(self, *exc):
+        _CONFIG_DTYPE.pop()
+
+
 def _sm_count(device: torch.device) -> int:
+    if simulated_target() is not None:
+        return SM90_SMS
     if device.type != "cuda":
         return 1
     return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def gpu_launch(device: torch.device) -> bool:
+    """Whether launches take the GPU configuration: CUDA tensors, or a simulated target."""
+    return simulated_target() is not None or (device.type == "cuda" and not interpreter_enabled())
 
 
 def _pow2(n: int, lo: int, hi: int) -> int:
@@ -120,12 +161,12 @@ def tile_config(rows: int, cols: int, width: int, device: torch.device, dtype: t
 
     Each forward program walks a rectangle of tiles; column statistics merge per row split and row
     statistics per column split, so extra memory is (row_splits·cols + col_splits·rows) floats:
-    O(B + N). The backward runs one program per (64-row block, D slice): B = 4096, D = 768 gives
-    64 × 3 = 192 programs for 132 SMs. `dots_per_tile=2` (IMSep) takes smaller forward tiles.
-    The choice depends only on (rows, cols) symmetrically and the width, so a transposed backward
-    call tiles like the forward.
+    O(B + N). `dots_per_tile=2` (IMSep) takes smaller forward tiles. The choice depends only on
+    (rows, cols) symmetrically and the width, so a transposed call tiles like the forward.
     """
-    if interpreter_enabled() or device.type != "cuda":
+    if _CONFIG_DTYPE:
+        dtype = _CONFIG_DTYPE[-1]
+    if not gpu_launch(device):
         blocks = Blocks(64, _pow2(width, 16, 128), _pow2(width, 16, 256), 4, 1)
         # two splits per axis whenever possible, so the interpreter exercises both merges
         return TileConfig(blocks, blocks, min(2, math.ceil(rows / 64)), min(2, math.ceil(cols / 64)))
@@ -151,3 +192,71 @@ def extension_ops():
 def accumulation_dtype(t: torch.Tensor) -> torch.dtype:
     """The dtype of the csrc ops' statistics: float64 for float64 inputs (CPU), float32 otherwise."""
     return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+# ---------------------------------------------------------------- the backward's dS workspace
+WORKSPACE_MB_DEFAULT = 1024
+# pointer arguments that point at feature-dtype tensors (the performance model compiles them as the
+# simulated dtype); every other pointer is fp32 statistics, int64 labels or a partial-sum buffer
+FEATURE_PTRS = frozenset({"x_ptr", "y_ptr", "u_ptr", "dx_ptr", "ds_ptr"})
+
+
+def workspace_rows(rows: int, cols: int, elem_bytes: int, tile: int) -> int:
+    """Rows of dS per backward chunk: as many as fit in CLIPKERN_WORKSPACE_MB (default 1024 MB),
+    a multiple of the dS kernel's row tile, at least one tile, at most all rows. One chunk means
+    dY = dSᵀ X is one GEMM; each further chunk adds one read-modify-write of the N×D dY
+    accumulator (N·D·8 bytes of traffic against the chunk's 2·chunk·N·D FLOPs)."""
+    raw = os.environ.get("CLIPKERN_WORKSPACE_MB", "")
+    try:
+        mb = float(raw) if raw.strip() else WORKSPACE_MB_DEFAULT
+    except ValueError:
+        raise ValueError(f"CLIPKERN_WORKSPACE_MB must be a number of megabytes, got {raw!r}") from None
+    if not mb > 0:
+        raise ValueError(f"CLIPKERN_WORKSPACE_MB must be positive, got {raw!r}")
+    fit = int(mb * 2**20) // max(1, cols * elem_bytes)
+    return min(rows, max(tile, fit // tile * tile))
+
+
+def chunked_input_grads(x: torch.Tensor, y: torch.Tensor, fill_ds, tile: int, *, need_dy: bool = True,
+                        symmetric_x: bool = False):
+    """dX = dS·Y and dY = dSᵀ·X, where dS (rows × cols, already multiplied by the logit scale) is
+    written chunk by chunk into a bounded workspace by `fill_ds(ws, r0, r1)` (a Triton kernel
+    launch filling ws[: r1 − r0] with dS[r0:r1]). The two products are cuBLAS GEMMs (torch.mm).
+
+    symmetric_x: y is x (IMSep: dX = E·X with E symmetric), so only dX is formed.
+    dY accumulates in the feature dtype when there is one chunk (a single GEMM, rounded once), and
+    in fp32 across several chunks for 16-bit features (addmm with out_dtype on CUDA).
+    Returns (dX, dY or None)."""
+    rows, cols = x.shape[0], y.shape[0]
+    chunk = workspace_rows(rows, cols, x.element_size(), tile)
+    ws = new_output((chunk, cols), x)
+    dx = new_output(x.shape, x)
+    dy = None
+    sixteen = x.dtype in (torch.float16, torch.bfloat16)
+    for r0 in range(0, rows, chunk):
+        r1 = min(rows, r0 + chunk)
+        w = ws[: r1 - r0]
+        fill_ds(w, r0, r1)
+        torch.mm(w, y, out=dx[r0:r1])
+        if not need_dy or symmetric_x:
+            continue
+        if chunk >= rows:
+            dy = torch.mm(w.t(), x)
+        elif dy is None:
+            part = torch.mm(w.t(), x[r0:r1]) if not sixteen or x.device.type != "cuda" else \
+                torch.mm(w.t(), x[r0:r1], out_dtype=torch.float32)
+            dy = part.float() if sixteen else part
+        else:
+            dy = _accumulate(dy, w.t(), x[r0:r1], sixteen)
+    if dy is not None and dy.dtype != x.dtype:
+        dy = dy.to(x.dtype)
+    return dx, dy
+
+
+def _accumulate(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor, sixteen: bool) -> torch.Tensor:
+    """acc + a·b; for 16-bit a, b the product is accumulated in fp32 (acc is fp32)."""
+    if not sixteen:
+        return acc.addmm_(a, b)
+    if acc.device.type == "cuda":
+        return torch.addmm(acc, a, b, out_dtype=torch.float32)
+    return acc.add_(torch.mm(a, b).float())  # the interpreter's fp16: no mixed-dtype GEMM on the CPU

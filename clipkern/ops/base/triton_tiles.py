@@ -12,10 +12,10 @@ import triton.language as tl
 @triton.jit
 def tile_dot(x_ptr, y_ptr, offs_x, offs_y, mask_x, mask_y, D, stride_x, stride_y,
              BLOCK_X: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_K: tl.constexpr,
-             UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+             INTERPRETED: tl.constexpr, PRECISION: tl.constexpr):
     """acc[i, j] = <x[offs_x[i], :], y[offs_y[j], :]> over the full width D, fp32 accumulation.
 
-    UPCAST converts each loaded block to fp32 right after the load (the CPU interpreter has no
+    INTERPRETED converts each loaded block to fp32 right after the load (the CPU interpreter has no
     bf16); on the GPU 16-bit blocks go to the tensor cores as they are.
     """
     acc = tl.zeros((BLOCK_X, BLOCK_Y), dtype=tl.float32)
@@ -27,7 +27,7 @@ def tile_dot(x_ptr, y_ptr, offs_x, offs_y, mask_x, mask_y, D, stride_x, stride_y
                     mask=mask_x[:, None] & mask_k[None, :], other=0.0)
         y = tl.load(y_ptr + offs_y[:, None] * stride_y + kk[None, :],
                     mask=mask_y[:, None] & mask_k[None, :], other=0.0)
-        if UPCAST:
+        if INTERPRETED:
             x = x.to(tl.float32)
             y = y.to(tl.float32)
         acc = tl.dot(x, tl.trans(y), acc, input_precision=PRECISION)
@@ -69,11 +69,11 @@ def col_stats_merge(col_m_ptr, col_l_ptr, s, offs_n, mask_m, mask_n):
 
 
 @triton.jit
-def load_block(ptr, offs_r, offs_c, mask_r, mask_c, stride, UPCAST: tl.constexpr):
+def load_block(ptr, offs_r, offs_c, mask_r, mask_c, stride, INTERPRETED: tl.constexpr):
     """A (rows × cols) block of a row-major matrix, zero outside the bounds."""
     v = tl.load(ptr + offs_r[:, None] * stride + offs_c[None, :],
                 mask=mask_r[:, None] & mask_c[None, :], other=0.0)
-    if UPCAST:
+    if INTERPRETED:
         v = v.to(tl.float32)
     return v
 

@@ -37,7 +37,7 @@ def _contrastive_fwd_kernel(
     x_ptr, y_ptr, scale_ptr, row_m_part_ptr, row_l_part_ptr, col_m_part_ptr, col_l_part_ptr,
     M, N, D, stride_x, stride_y, row_blocks_per_split, col_blocks_per_split,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    INTERPRETED: tl.constexpr, PRECISION: tl.constexpr,
 ):
     pid_r = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -53,7 +53,7 @@ def _contrastive_fwd_kernel(
             offs_n = cb * BLOCK_N + tl.arange(0, BLOCK_N)
             mask_n = offs_n < N
             s = scale * tile_dot(x_ptr, y_ptr, offs_m, offs_n, mask_m, mask_n, D, stride_x, stride_y,
-                                 BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, PRECISION)
+                                 BLOCK_M, BLOCK_N, BLOCK_K, INTERPRETED, PRECISION)
             m_i, l_i = row_stats_update(m_i, l_i, s, mask_n)
             col_stats_merge(col_m_part_ptr + pid_r * N, col_l_part_ptr + pid_r * N, s, offs_n, mask_m, mask_n)
         tl.store(row_m_part_ptr + pid_c * M + offs_m, m_i, mask=mask_m)
@@ -66,7 +66,7 @@ def _contrastive_bwd_kernel(
     dx_ptr, dscale_part_ptr,
     M, N, D, stride_x, stride_y, stride_dx,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr, WITH_DSCALE: tl.constexpr, TRANSPOSED: tl.constexpr,
+    INTERPRETED: tl.constexpr, PRECISION: tl.constexpr, WITH_DSCALE: tl.constexpr, TRANSPOSED: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -85,10 +85,10 @@ def _contrastive_bwd_kernel(
         mask_n = offs_n < N
         if TRANSPOSED:  # same operand order as the forward, so S matches its statistics bit for bit
             raw = tl.trans(tile_dot(y_ptr, x_ptr, offs_n, offs_m, mask_n, mask_m, D, stride_y, stride_x,
-                                    BLOCK_N, BLOCK_M, BLOCK_K, UPCAST, PRECISION))
+                                    BLOCK_N, BLOCK_M, BLOCK_K, INTERPRETED, PRECISION))
         else:
             raw = tile_dot(x_ptr, y_ptr, offs_m, offs_n, mask_m, mask_n, D, stride_x, stride_y,
-                           BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, PRECISION)
+                           BLOCK_M, BLOCK_N, BLOCK_K, INTERPRETED, PRECISION)
         s = scale * raw
         m_y = tl.load(m_y_ptr + offs_n, mask=mask_n, other=0.0)
         logl_y = tl.load(logl_y_ptr + offs_n, mask=mask_n, other=0.0)
@@ -99,7 +99,7 @@ def _contrastive_bwd_kernel(
         ds = tl.where(mask_m[:, None] & mask_n[None, :], ds, 0.0)
         if WITH_DSCALE:
             ds_acc += tl.sum(ds * raw, axis=1)
-        y_d = load_block(y_ptr, offs_n, offs_d, mask_n, mask_d, stride_y, UPCAST)
+        y_d = load_block(y_ptr, offs_n, offs_d, mask_n, mask_d, stride_y, INTERPRETED)
         acc = tl.dot(ds.to(y_d.dtype), y_d, acc, input_precision=PRECISION)
     store_block(dx_ptr, acc * scale, offs_m, offs_d, mask_m, mask_d, stride_dx)
     if WITH_DSCALE:

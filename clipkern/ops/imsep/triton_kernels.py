@@ -28,12 +28,12 @@ from ..base.triton_tiles import (col_stats_merge, load_block, row_stats_update, 
 @triton.jit
 def _imsep_tile(x_ptr, u_ptr, diag_ptr, scale, offs_m, offs_n, mask_m, mask_n, D, K, stride_x, stride_u,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+                INTERPRETED: tl.constexpr, PRECISION: tl.constexpr):
     """Returns (M tile, R tile, W tile, off-diagonal-and-valid mask)."""
     raw = tile_dot(x_ptr, x_ptr, offs_m, offs_n, mask_m, mask_n, D, stride_x, stride_x,
-                   BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, PRECISION)
+                   BLOCK_M, BLOCK_N, BLOCK_K, INTERPRETED, PRECISION)
     w = 1.0 - tile_dot(u_ptr, u_ptr, offs_m, offs_n, mask_m, mask_n, K, stride_u, stride_u,
-                       BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, PRECISION)
+                       BLOCK_M, BLOCK_N, BLOCK_K, INTERPRETED, PRECISION)
     diag = tl.load(diag_ptr + offs_m, mask=mask_m, other=0.0)
     on_diag = offs_m[:, None] == offs_n[None, :]
     logits = scale * tl.where(on_diag, diag[:, None], raw * w)
@@ -46,7 +46,7 @@ def _imsep_fwd_kernel(
     x_ptr, u_ptr, diag_ptr, scale_ptr, row_m_part_ptr, row_l_part_ptr, col_m_part_ptr, col_l_part_ptr,
     B, D, K, stride_x, stride_u, row_blocks_per_split, col_blocks_per_split,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    INTERPRETED: tl.constexpr, PRECISION: tl.constexpr,
 ):
     pid_r = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -62,7 +62,7 @@ def _imsep_fwd_kernel(
             offs_n = cb * BLOCK_N + tl.arange(0, BLOCK_N)
             mask_n = offs_n < B
             s, _, _, _ = _imsep_tile(x_ptr, u_ptr, diag_ptr, scale, offs_m, offs_n, mask_m, mask_n, D, K,
-                                     stride_x, stride_u, BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, PRECISION)
+                                     stride_x, stride_u, BLOCK_M, BLOCK_N, BLOCK_K, INTERPRETED, PRECISION)
             m_i, l_i = row_stats_update(m_i, l_i, s, mask_n)
             col_stats_merge(col_m_part_ptr + pid_r * B, col_l_part_ptr + pid_r * B, s, offs_n, mask_m, mask_n)
         tl.store(row_m_part_ptr + pid_c * B + offs_m, m_i, mask=mask_m)
@@ -75,7 +75,7 @@ def _imsep_bwd_kernel(
     dx_ptr, dscale_part_ptr,
     B, D, K, stride_x, stride_u, stride_dx,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    INTERPRETED: tl.constexpr, PRECISION: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -93,7 +93,7 @@ def _imsep_bwd_kernel(
         offs_n = cb * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_n = offs_n < B
         s, raw, w, off = _imsep_tile(x_ptr, u_ptr, diag_ptr, scale, offs_m, offs_n, mask_m, mask_n, D, K,
-                                     stride_x, stride_u, BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, PRECISION)
+                                     stride_x, stride_u, BLOCK_M, BLOCK_N, BLOCK_K, INTERPRETED, PRECISION)
         m_j = tl.load(col_m_ptr + offs_n, mask=mask_n, other=0.0)
         logl_j = tl.load(col_logl_ptr + offs_n, mask=mask_n, other=0.0)
         g_j = tl.load(g_ptr + offs_n, mask=mask_n, other=0.0)
@@ -102,7 +102,7 @@ def _imsep_bwd_kernel(
         e = tl.where(off, scale * w * (gp_i + gp_j), 0.0)
         if pid_d == 0:
             ds_acc += tl.sum(tl.where(off, gp_i * raw * w, 0.0), axis=1)
-        x_d = load_block(x_ptr, offs_n, offs_d, mask_n, mask_d, stride_x, UPCAST)
+        x_d = load_block(x_ptr, offs_n, offs_d, mask_n, mask_d, stride_x, INTERPRETED)
         acc = tl.dot(e.to(x_d.dtype), x_d, acc, input_precision=PRECISION)
     store_block(dx_ptr, acc, offs_m, offs_d, mask_m, mask_d, stride_dx)
     if pid_d == 0:

@@ -26,7 +26,7 @@ exclusively. Two kernels instead of atomics: deterministic, three exps per eleme
 
 The constexpr names are the shared launch arguments (tests/sm90_compile.py compiles every kernel
 through them): BLOCK_M = texts per tile, BLOCK_N = rows i (or k) per tile, BLOCK_K = columns j per
-tile. A and R are always fp32, so UPCAST and PRECISION (no tl.dot here) switch nothing.
+tile. A and R are always fp32, so INTERPRETED and PRECISION (no tl.dot here) switch nothing.
 """
 import triton
 import triton.language as tl
@@ -54,7 +54,7 @@ def _pairdiff_fwd_kernel(
     a_ptr, r_ptr, scale_ptr, m_part_ptr, l_part_ptr,
     P, N, stride_a, stride_r,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    INTERPRETED: tl.constexpr, PRECISION: tl.constexpr,
 ):
     pid_p = tl.program_id(0)
     pid_i = tl.program_id(1)
@@ -83,7 +83,7 @@ def _pairdiff_bwd_a_kernel(
     a_ptr, r_ptr, scale_ptr, m_ptr, logl_ptr, g_ptr, u_ptr,
     P, N, stride_a, stride_r, stride_u,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    INTERPRETED: tl.constexpr, PRECISION: tl.constexpr,
 ):
     pid_p = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -119,7 +119,7 @@ def _pairdiff_bwd_r_kernel(
     a_ptr, r_ptr, scale_ptr, m_ptr, logl_ptr, g_ptr, t_ptr,
     P, N, stride_a, stride_r, stride_t,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    INTERPRETED: tl.constexpr, PRECISION: tl.constexpr,
 ):
     pid_i = tl.program_id(0)
     pid_j = tl.program_id(1)

@@ -24,7 +24,7 @@ def launch_args(which: str, P: int, N: int, device: torch.device) -> dict:
     choice (tile_config), which is also what tests/sm90_compile.py compiles with for fp32."""
     cfg = tile_config(P, N, N, device, torch.float32)
     bm, bn, bk = INTERPRET_BLOCKS if cfg.interpret else GPU_BLOCKS[which]
-    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, UPCAST=cfg.interpret,
+    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, INTERPRETED=cfg.interpret,
                 PRECISION=dot_precision(torch.float32, cfg.interpret),
                 num_warps=cfg.fwd.num_warps, num_stages=cfg.fwd.num_stages)
 

@@ -251,14 +251,14 @@ def _listmle_rows_bwd_kernel(
 def _fused_sorted_rows(a_ptr, c_ptr, a2_ptr, c2_ptr, scale, offs_m, offs_n, mask_m, mask_n, D,
                        stride_a, stride_c, stride_a2, stride_c2,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, LOG_N: tl.constexpr,
-                       UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+                       INTERPRETED: tl.constexpr, PRECISION: tl.constexpr):
     """(targets, column index per sorted position, scores in sorted order) of rows offs_m, with
     targets = scale·A2 C2ᵀ and scores = scale·A Cᵀ computed here."""
     t = scale * tile_dot(a2_ptr, c2_ptr, offs_m, offs_n, mask_m, mask_n, D, stride_a2, stride_c2,
-                         BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, PRECISION)
+                         BLOCK_M, BLOCK_N, BLOCK_K, INTERPRETED, PRECISION)
     idx = _sort_by_target(t, offs_n, mask_n, BLOCK_M, BLOCK_N, LOG_N)
     s = scale * tile_dot(a_ptr, c_ptr, offs_m, offs_n, mask_m, mask_n, D, stride_a, stride_c,
-                         BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, PRECISION)
+                         BLOCK_M, BLOCK_N, BLOCK_K, INTERPRETED, PRECISION)
     return t, idx, tl.gather(s, idx, 1)
 
 
@@ -267,7 +267,7 @@ def _listmle_fused_fwd_kernel(
     a_ptr, c_ptr, a2_ptr, c2_ptr, scale_ptr, loss_ptr,
     M, N, D, stride_a, stride_c, stride_a2, stride_c2,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, LOG_N: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr, DECAY_LOG: tl.constexpr,
+    INTERPRETED: tl.constexpr, PRECISION: tl.constexpr, DECAY_LOG: tl.constexpr,
 ):
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -277,7 +277,7 @@ def _listmle_fused_fwd_kernel(
     scale = tl.load(scale_ptr).to(tl.float32)
     t, idx, q = _fused_sorted_rows(a_ptr, c_ptr, a2_ptr, c2_ptr, scale, offs_m, offs_n, mask_m, mask_n, D,
                                    stride_a, stride_c, stride_a2, stride_c2,
-                                   BLOCK_M, BLOCK_N, BLOCK_K, LOG_N, UPCAST, PRECISION)
+                                   BLOCK_M, BLOCK_N, BLOCK_K, LOG_N, INTERPRETED, PRECISION)
     loss = _row_loss(q, mask, offs_n, BLOCK_M, BLOCK_N, LOG_N, DECAY_LOG) + _poison(t, mask)
     tl.store(loss_ptr + offs_m, loss, mask=mask_m)
 
@@ -287,7 +287,7 @@ def _listmle_fused_bwd_kernel(
     a_ptr, c_ptr, a2_ptr, c2_ptr, scale_ptr, g_ptr, dscores_ptr,
     row_start, row_end, N, D, stride_a, stride_c, stride_a2, stride_c2, stride_dm,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, LOG_N: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr, DECAY_LOG: tl.constexpr,
+    INTERPRETED: tl.constexpr, PRECISION: tl.constexpr, DECAY_LOG: tl.constexpr,
 ):
     """dS rows [row_start, row_end) into dscores (row 0 of dscores = row_start), fp32."""
     offs_m = row_start + tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -298,7 +298,7 @@ def _listmle_fused_bwd_kernel(
     scale = tl.load(scale_ptr).to(tl.float32)
     _, idx, q = _fused_sorted_rows(a_ptr, c_ptr, a2_ptr, c2_ptr, scale, offs_m, offs_n, mask_m, mask_n, D,
                                    stride_a, stride_c, stride_a2, stride_c2,
-                                   BLOCK_M, BLOCK_N, BLOCK_K, LOG_N, UPCAST, PRECISION)
+                                   BLOCK_M, BLOCK_N, BLOCK_K, LOG_N, INTERPRETED, PRECISION)
     g = tl.load(g_ptr + offs_m, mask=mask_m, other=0.0).to(tl.float32)
     dq = _row_grad(q, mask, offs_n, g, BLOCK_M, BLOCK_N, LOG_N, DECAY_LOG)
     local = (offs_m - row_start).to(tl.int64)

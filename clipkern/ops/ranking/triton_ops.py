@@ -46,7 +46,7 @@ class RankBlocks:
         args = dict(BLOCK_M=self.block_m, BLOCK_N=self.block_n, LOG_N=self.block_n.bit_length() - 1,
                     num_warps=self.num_warps)
         if fused:
-            args.update(BLOCK_K=self.block_k, UPCAST=interpret, PRECISION=dot_precision(dtype, interpret))
+            args.update(BLOCK_K=self.block_k, INTERPRETED=interpret, PRECISION=dot_precision(dtype, interpret))
         return args
 
 

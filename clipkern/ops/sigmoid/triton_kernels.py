@@ -37,7 +37,7 @@ def _sigmoid_fwd_kernel(
     x_ptr, y_ptr, scale_ptr, bias_ptr, labels_ptr, row_part_ptr,
     M, N, D, stride_x, stride_y, row_blocks_per_split, col_blocks_per_split,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    INTERPRETED: tl.constexpr, PRECISION: tl.constexpr,
 ):
     pid_c = tl.program_id(1)
     scale = tl.load(scale_ptr).to(tl.float32)
@@ -53,7 +53,7 @@ def _sigmoid_fwd_kernel(
             offs_n = cb * BLOCK_N + tl.arange(0, BLOCK_N)
             mask_n = offs_n < N
             raw = tile_dot(x_ptr, y_ptr, offs_m, offs_n, mask_m, mask_n, D, stride_x, stride_y,
-                           BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, PRECISION)
+                           BLOCK_M, BLOCK_N, BLOCK_K, INTERPRETED, PRECISION)
             logits, z = _sigmoid_tile(raw, scale, bias, offs_m, offs_n, lab, lab, True)
             t = -z * logits
             sp = tl.maximum(t, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(t)))
@@ -66,7 +66,7 @@ def _sigmoid_bwd_kernel(
     x_ptr, y_ptr, scale_ptr, bias_ptr, labels_ptr, g_ptr, dx_ptr, dscale_part_ptr, dbias_part_ptr,
     M, N, D, stride_x, stride_y, stride_dx,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr, LABELS_ON_OWN: tl.constexpr,
+    INTERPRETED: tl.constexpr, PRECISION: tl.constexpr, LABELS_ON_OWN: tl.constexpr,
     WITH_DSCALE: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -87,7 +87,7 @@ def _sigmoid_bwd_kernel(
         offs_n = cb * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
         raw = tile_dot(x_ptr, y_ptr, offs_m, offs_n, mask_m, mask_n, D, stride_x, stride_y,
-                       BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, PRECISION)
+                       BLOCK_M, BLOCK_N, BLOCK_K, INTERPRETED, PRECISION)
         if LABELS_ON_OWN:
             logits, z = _sigmoid_tile(raw, scale, bias, offs_m, offs_n, lab_x, lab_x, True)
             g = g_x[:, None]
@@ -103,7 +103,7 @@ def _sigmoid_bwd_kernel(
         if WITH_DSCALE:
             ds_acc += tl.sum(dl * raw, axis=1)
             db_acc += tl.sum(dl, axis=1)
-        y_d = load_block(y_ptr, offs_n, offs_d, mask_n, mask_d, stride_y, UPCAST)
+        y_d = load_block(y_ptr, offs_n, offs_d, mask_n, mask_d, stride_y, INTERPRETED)
         acc = tl.dot(dl.to(y_d.dtype), y_d, acc, input_precision=PRECISION)
     store_block(dx_ptr, acc * scale, offs_m, offs_d, mask_m, mask_d, stride_dx)
     if WITH_DSCALE:
