@@ -71,21 +71,27 @@ class TileConfig:
     bwd: Blocks
     row_splits: int
     col_splits: int
+    ds: Blocks = None  # the backward's dS kernel: (tile × tile) tiles of dS, each recomputed once
+
 
     @property
     def interpret(self) -> bool:
         return interpreter_enabled()
 
-    def kernel_args(self, dtype: torch.dtype, *, backward: bool = False) -> dict:
-        """The constexpr and launch arguments every family's kernels take."""
+    def kernel_args(self, dtype: torch.dtype, *, backward: bool = False, ds: bool = False) -> dict:
+        """The constexpr and launch arguments every family's kernels take (ds=True: the dS kernel)."""
         from .triton_tiles import dot_precision
 
-        b = self.bwd if backward else self.fwd
+        b = self.ds if ds else self.bwd if backward else self.fwd
         args = dict(BLOCK_M=b.tile, BLOCK_N=b.tile, BLOCK_K=b.k, INTERPRETED=self.interpret,
                     PRECISION=dot_precision(dtype, self.interpret), num_warps=b.num_warps, num_stages=b.num_stages)
-        if backward:
+        if backward and not ds:
             args["BLOCK_D"] = b.d
         return args
+
+    def ds_grid(self, rows: int, cols: int):
+        """dS kernel grid for a chunk of `rows` rows: one program per (row tile, column tile)."""
+        return math.ceil(rows / self.ds.tile), math.ceil(cols / self.ds.tile)
 
     def split_grid(self, rows: int, cols: int):
         """Forward grid (row splits, column splits) with no empty split, and blocks per split."""
@@ -169,7 +175,7 @@ def tile_config(rows: int, cols: int, width: int, device: torch.device, dtype: t
     if not gpu_launch(device):
         blocks = Blocks(64, _pow2(width, 16, 128), _pow2(width, 16, 256), 4, 1)
         # two splits per axis whenever possible, so the interpreter exercises both merges
-        return TileConfig(blocks, blocks, min(2, math.ceil(rows / 64)), min(2, math.ceil(cols / 64)))
+        return TileConfig(blocks, blocks, min(2, math.ceil(rows / 64)), min(2, math.ceil(cols / 64)), blocks)
     wide = dtype == torch.float32  # 3xTF32 dots need more registers
     fwd = Blocks(64, 16 if wide else 32, 0, 4, 3) if wide or dots_per_tile > 1 else Blocks(128, 32, 0, 8, 3)
     bwd = Blocks(64, 16, _pow2(width, 16, 128), 8, 3) if wide else Blocks(64, 32, _pow2(width, 16, 256), 8, 3)
@@ -177,7 +183,8 @@ def tile_config(rows: int, cols: int, width: int, device: torch.device, dtype: t
     row_blocks, col_blocks = math.ceil(rows / fwd.tile), math.ceil(cols / fwd.tile)
     row_splits = min(row_blocks, 64)
     col_splits = max(1, min(col_blocks, math.ceil(2 * sms / row_splits), 64))
-    return TileConfig(fwd, bwd, row_splits, col_splits)
+    ds = Blocks(64, 32, 0, 4, 3) if wide or dots_per_tile > 1 else Blocks(128, 64, 0, 8, 3)
+    return TileConfig(fwd, bwd, row_splits, col_splits, ds)
 
 
 # ---------------------------------------------------------------- the csrc extension's ops (backend="cuda")
