@@ -2,6 +2,8 @@
 autograd, and the dispatch between backends. Math: see reference.py and triton_kernels.py."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -62,6 +64,58 @@ def lse_backward(bwd_op):
 triton_contrastive_lse.register_autograd(lse_backward(triton_contrastive_lse_bwd), setup_context=lse_setup_context)
 
 
+@torch.library.custom_op("clipkern::triton_clip_loss", mutates_args=())
+def triton_clip_loss(x: Tensor, y: Tensor, scale: Tensor, labels: Optional[Tensor],
+                     symmetric: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The whole mean contrastive loss in two kernels and one sum: (loss, row_max, row_logsum,
+    col_max, col_logsum, label_counts). labels None means row i's positive is column i. Only the
+    loss is differentiable; the rest is what the backward needs."""
+    from .triton_ops import clip_loss_fwd
+
+    return clip_loss_fwd(x, y, scale, labels, symmetric)
+
+
+@triton_clip_loss.register_fake
+def _(x, y, scale, labels, symmetric):
+    rows, cols = x.shape[0], y.shape[0] if symmetric else 0
+    f32 = torch.float32
+    counts = cols if symmetric and labels is not None else 0
+    return (x.new_empty((), dtype=f32), x.new_empty(rows, dtype=f32), x.new_empty(rows, dtype=f32),
+            x.new_empty(cols, dtype=f32), x.new_empty(cols, dtype=f32), x.new_empty(counts, dtype=torch.int32))
+
+
+@torch.library.custom_op("clipkern::triton_clip_loss_bwd", mutates_args=())
+def triton_clip_loss_bwd(x: Tensor, y: Tensor, scale: Tensor, labels: Optional[Tensor], row_max: Tensor,
+                         row_logsum: Tensor, col_max: Tensor, col_logsum: Tensor, counts: Tensor, g: Tensor,
+                         symmetric: bool) -> tuple[Tensor, Tensor, Tensor]:
+    from .triton_ops import clip_loss_bwd
+
+    return clip_loss_bwd(x, y, scale, labels, row_max, row_logsum, col_max, col_logsum, counts, g, symmetric)
+
+
+@triton_clip_loss_bwd.register_fake
+def _(x, y, scale, labels, row_max, row_logsum, col_max, col_logsum, counts, g, symmetric):
+    return x.new_empty(x.shape), y.new_empty(y.shape), x.new_empty((), dtype=torch.float32)
+
+
+def _loss_setup_context(ctx, inputs, output):
+    x, y, scale, labels, symmetric = inputs
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.symmetric = symmetric
+    ctx.has_labels = labels is not None
+    ctx.save_for_backward(x, y, scale, labels if labels is not None else None, *output[1:])
+
+
+def _loss_backward(ctx, g, *_unused):
+    x, y, scale, labels, row_m, row_logl, col_m, col_logl, counts = ctx.saved_tensors
+    dx, dy, dscale = triton_clip_loss_bwd(x, y, scale, labels, row_m, row_logl, col_m, col_logl, counts, g,
+                                          ctx.symmetric)
+    return dx, dy, dscale.to(scale.dtype), None, None
+
+
+triton_clip_loss.register_autograd(_loss_backward, setup_context=_loss_setup_context)
+
+
 def lse_op(backend: str):
     """The fused (row_max, row_logsum, col_max, col_logsum) op of a backend: the Triton custom op, or
     its csrc twin for backend="cuda" (imported, and the extension loaded, on first use)."""
@@ -72,16 +126,22 @@ def lse_op(backend: str):
     return triton_contrastive_lse
 
 
-def contrastive_loss(a: Tensor, c: Tensor, scale: Tensor, bias: Tensor | None, labels: Tensor,
+def contrastive_loss(a: Tensor, c: Tensor, scale: Tensor, bias: Tensor | None, labels: Tensor | None,
                      symmetric: bool, backend: str) -> Tensor:
-    """Mean softmax-contrastive loss of S = scale·a cᵀ (+ bias) with positives (i, labels[i]).
+    """Mean softmax-contrastive loss of S = scale·a cᵀ (+ bias) with positives (i, labels[i])
+    (labels None: (i, i), which needs rows ≤ columns).
 
     symmetric=True averages the row and column directions (CLIP); False gives the row direction
     only (one half of open_clip's local loss). Inputs are validated by the caller.
     """
+    if labels is None and backend != "triton":
+        labels = torch.arange(a.shape[0], device=a.device)
     if backend == "reference":
         return reference.contrastive_loss(a, c, scale, bias, labels, symmetric)
-    if backend not in ("triton", "cuda"):
+    if backend == "triton":
+        loss = triton_clip_loss(a, c, scale.float(), labels, symmetric)[0]
+        return loss + zero_grad_term(bias)
+    if backend != "cuda":
         raise ValueError(f"no {backend!r} implementation of the contrastive loss")
     row_max, row_logsum, col_max, col_logsum = lse_op(backend)(a, c, scale.float())
     row_lse, col_lse = row_max + row_logsum, col_max + col_logsum

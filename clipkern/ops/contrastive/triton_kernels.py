@@ -1,43 +1,66 @@
-r"""Fused softmax-contrastive kernels. No B×N buffer: tiles of S are recomputed from the features.
+r"""Fused softmax-contrastive kernels. No B×N buffer in the forward; the backward's dS lives in a
+bounded row-chunk workspace.
 
-Notation (as in the code): X = own rows (B×D), Y = other rows (N×D), s = logit scale,
-S = s · X Yᵀ, computed tile by tile with fp32 accumulation.
+Notation (as in the code): X = own rows (M×D), Y = other rows (N×D), s = logit scale,
+raw = X Yᵀ (fp32 accumulation), S = s·raw. Every kernel forms an exponent of S as
+fma(raw, s, −m): one rounding, the same in the forward and the backward, so P in the backward is
+consistent with the statistics of the forward bit for bit in the product.
 
 Forward (`_contrastive_fwd_kernel`), one pass over the tiles gives both statistics:
     row:    m_r[i] = max_j S[i, j],  l_r[i] = Σ_j exp(S[i, j] − m_r[i])     online along j
     column: m_c[j] = max_i S[i, j],  l_c[j] = Σ_i exp(S[i, j] − m_c[j])     online along i
-    lse = m + log l. The pair (m, log l) is kept instead of the single fp32 lse: at s = 100 the
-    lse is ~100 and its rounding (~4e-6) would otherwise become the relative error of every P.
-The (row_splits × col_splits) grid splits both axes. A program keeps running row statistics in
-registers for its row block and read-modify-writes the column statistics of its own row split
-(no atomics, deterministic). The launcher merges the splits with a logsumexp over O(B + N) floats.
+    positive: S[i, y_i], picked out of the tile that holds column y_i (no separate dot product).
+    lse = m + log l; the pair (m, log l) is kept rather than one fp32 lse (at s = 100 the lse is ~100
+    and its rounding would become the relative error of every P). COLS=False (rows-only loss)
+    compiles the column statistics out. The (row_splits × col_splits) grid splits both axes; a program
+    keeps running row statistics in registers and owns the column partials of its row split (the first
+    visit stores, later visits merge: no initialisation, no atomics, deterministic).
+    `_contrastive_finish_kernel` merges the split partials into (m, log l) per row and column and
+    writes one partial loss per program (the launcher sums them):
+        loss = w_r Σ_i (m_r − S[i,y_i] + log l_r)[i] + w_c Σ_j cnt_j (m_c + log l_c)[j] − w_c Σ_i S[i,y_i]
+    with w_r = 1/(2M) (symmetric) or 1/M (rows only), w_c = 1/(2M), cnt_j = #{i: y_i = j}; without
+    explicit labels (y_i = i) the column term is paired per index, (m_c − S[j,j] + log l_c)[j].
 
-Backward (`_contrastive_bwd_kernel`). Given upstream gradients g_r = ∂L/∂lse_r, g_c = ∂L/∂lse_c:
-    P_r = exp((S − m_r) − log l_r),  P_c = exp((S − m_c) − log l_c)
-    dS  = g_r[:, None] · P_r + g_c[None, :] · P_c
-    dX  = s · dS Y,   dY = s · dSᵀ X,   ds = Σ_ij dS ⊙ (X Yᵀ)
-The expression is symmetric under (X, lse_r, g_r) ↔ (Y, lse_c, g_c), so one kernel computes dX
-and, called with the roles swapped (TRANSPOSED), dY. The transposed call still forms each tile as
-X·Yᵀ in the forward's operand order: a recomputed S that differs from the forward's in the last
-bit would make P inconsistent with its statistics, which at s = 100 costs ~1e-5 relative error. Each program owns a row block and a BLOCK_D slice of the
-output and walks all column blocks, recomputing S; ds is accumulated by the D-slice-0 programs of
-the first call only (WITH_DSCALE).
-
-The label terms (−S[i, y_i], ½ weights, means) are not in the kernels: see ops/base.
+Backward (`_contrastive_ds_kernel`), one program per (row tile, column tile) of a row chunk, each
+S tile recomputed exactly once (2·M·N·D MMA FLOPs, 2 exps per logit, 1 rows-only):
+    P_r = exp(S − m_r − log l_r),   P_c = exp(S − m_c − log l_c)
+    dS  = g_r[:, None] P_r + g_c[None, :] P_c − g_pos [j = y_i]
+    ws  = s · dS   (stored in the feature dtype),   ds_part = Σ_tile dS ⊙ raw
+with either upstream vectors g_r = ∂L/∂lse_r, g_c = ∂L/∂lse_c (the lse op; G_VECTOR) or the fused
+loss's scalar g: g_r = g·w_r, g_c = g·w_c·cnt_j, g_pos = g/M. Then dX = ws·Y and dY = wsᵀ·X are two
+cuBLAS GEMMs (4·M·N·D FLOPs; ops/base.chunked_input_grads). Workspace offsets are 64-bit.
 """
 import triton
 import triton.language as tl
 
-from ..base.triton_tiles import (col_stats_merge, load_block, row_stats_update, split_ranges, store_block,
-                                 tile_dot)
+from ..base.triton_tiles import split_ranges, tile_dot
+
+
+@triton.jit
+def _col_first_or_merge(col_m_ptr, col_l_ptr, raw, scale, s, offs_n, mask_m, mask_n, first):
+    """Column statistics of a tile's valid rows, stored (first visit) or merged into the partials
+    that this program owns."""
+    t_m = tl.max(tl.where(mask_m[:, None], s, float("-inf")), axis=0)
+    safe = tl.where(t_m == float("-inf"), 0.0, t_m)
+    t_l = tl.sum(tl.where(mask_m[:, None], tl.exp(tl.fma(raw, scale, -safe[None, :])), 0.0), axis=0)
+    if first:
+        tl.store(col_m_ptr + offs_n, t_m, mask=mask_n)
+        tl.store(col_l_ptr + offs_n, t_l, mask=mask_n)
+    else:
+        p_m = tl.load(col_m_ptr + offs_n, mask=mask_n, other=float("-inf"))
+        p_l = tl.load(col_l_ptr + offs_n, mask=mask_n, other=0.0)
+        n_m = tl.maximum(p_m, t_m)
+        n_safe = tl.where(n_m == float("-inf"), 0.0, n_m)
+        tl.store(col_m_ptr + offs_n, n_m, mask=mask_n)
+        tl.store(col_l_ptr + offs_n, p_l * tl.exp(p_m - n_safe) + t_l * tl.exp(t_m - n_safe), mask=mask_n)
 
 
 @triton.jit
 def _contrastive_fwd_kernel(
-    x_ptr, y_ptr, scale_ptr, row_m_part_ptr, row_l_part_ptr, col_m_part_ptr, col_l_part_ptr,
+    x_ptr, y_ptr, scale_ptr, labels_ptr, pos_ptr, row_m_part_ptr, row_l_part_ptr, col_m_part_ptr, col_l_part_ptr,
     M, N, D, stride_x, stride_y, row_blocks_per_split, col_blocks_per_split,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    INTERPRETED: tl.constexpr, PRECISION: tl.constexpr,
+    INTERPRETED: tl.constexpr, PRECISION: tl.constexpr, COLS: tl.constexpr, HAS_LABELS: tl.constexpr,
 ):
     pid_r = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -47,61 +70,123 @@ def _contrastive_fwd_kernel(
     for rb in range(rb_start, rb_end):
         offs_m = rb * BLOCK_M + tl.arange(0, BLOCK_M)
         mask_m = offs_m < M
+        if HAS_LABELS:
+            lab = tl.load(labels_ptr + offs_m, mask=mask_m, other=-1)
+        else:
+            lab = offs_m
         m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
         l_i = tl.zeros((BLOCK_M,), tl.float32)
         for cb in range(cb_start, cb_end):
             offs_n = cb * BLOCK_N + tl.arange(0, BLOCK_N)
             mask_n = offs_n < N
-            s = scale * tile_dot(x_ptr, y_ptr, offs_m, offs_n, mask_m, mask_n, D, stride_x, stride_y,
-                                 BLOCK_M, BLOCK_N, BLOCK_K, INTERPRETED, PRECISION)
-            m_i, l_i = row_stats_update(m_i, l_i, s, mask_n)
-            col_stats_merge(col_m_part_ptr + pid_r * N, col_l_part_ptr + pid_r * N, s, offs_n, mask_m, mask_n)
+            raw = tile_dot(x_ptr, y_ptr, offs_m, offs_n, mask_m, mask_n, D, stride_x, stride_y,
+                           BLOCK_M, BLOCK_N, BLOCK_K, INTERPRETED, PRECISION)
+            s = raw * scale
+            # row statistics, exponents as fma(raw, s, −m)
+            m_new = tl.maximum(m_i, tl.max(tl.where(mask_n[None, :], s, float("-inf")), axis=1))
+            p = tl.exp(tl.fma(raw, scale, -m_new[:, None]))
+            l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.where(mask_n[None, :], p, 0.0), axis=1)
+            m_i = m_new
+            if COLS:
+                _col_first_or_merge(col_m_part_ptr + pid_r * N, col_l_part_ptr + pid_r * N, raw, scale, s, offs_n,
+                                    mask_m, mask_n, rb == rb_start)
+            # the positive S[i, y_i] lives in exactly one column tile
+            hit = offs_n[None, :] == lab[:, None]
+            in_tile = mask_m & (lab >= cb * BLOCK_N) & (lab < cb * BLOCK_N + BLOCK_N)
+            tl.store(pos_ptr + offs_m, tl.sum(tl.where(hit, s, 0.0), axis=1), mask=in_tile)
         tl.store(row_m_part_ptr + pid_c * M + offs_m, m_i, mask=mask_m)
         tl.store(row_l_part_ptr + pid_c * M + offs_m, l_i, mask=mask_m)
 
 
 @triton.jit
-def _contrastive_bwd_kernel(
-    x_ptr, y_ptr, scale_ptr, m_x_ptr, logl_x_ptr, g_x_ptr, m_y_ptr, logl_y_ptr, g_y_ptr,
-    dx_ptr, dscale_part_ptr,
-    M, N, D, stride_x, stride_y, stride_dx,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-    INTERPRETED: tl.constexpr, PRECISION: tl.constexpr, WITH_DSCALE: tl.constexpr, TRANSPOSED: tl.constexpr,
+def _merge_splits(m_part_ptr, l_part_ptr, offs, mask, length, splits, BLOCK: tl.constexpr):
+    """(max, log Σ) of `splits` partial online-softmax statistics per index."""
+    m = tl.full((BLOCK,), float("-inf"), tl.float32)
+    for k in range(splits):
+        m = tl.maximum(m, tl.load(m_part_ptr + k * length + offs, mask=mask, other=float("-inf")))
+    safe = tl.where(m == float("-inf"), 0.0, m)
+    l = tl.zeros((BLOCK,), tl.float32)
+    for k in range(splits):
+        pm = tl.load(m_part_ptr + k * length + offs, mask=mask, other=float("-inf"))
+        pl = tl.load(l_part_ptr + k * length + offs, mask=mask, other=0.0)
+        l += pl * tl.exp(pm - safe)
+    return m, tl.log(tl.where(mask, l, 1.0))
+
+
+@triton.jit
+def _contrastive_finish_kernel(
+    row_m_part_ptr, row_l_part_ptr, col_m_part_ptr, col_l_part_ptr, pos_ptr, count_ptr,
+    row_m_ptr, row_logl_ptr, col_m_ptr, col_logl_ptr, loss_part_ptr,
+    M, N, row_splits, col_splits, w_row, w_col,
+    BLOCK: tl.constexpr,
+    COLS: tl.constexpr, HAS_LABELS: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    rows = offs < M
+    m_r, logl_r = _merge_splits(row_m_part_ptr, row_l_part_ptr, offs, rows, M, col_splits, BLOCK)
+    tl.store(row_m_ptr + offs, m_r, mask=rows)
+    tl.store(row_logl_ptr + offs, logl_r, mask=rows)
+    pos = tl.load(pos_ptr + offs, mask=rows, other=0.0)
+    total = tl.sum(tl.where(rows, w_row * ((m_r - pos) + logl_r), 0.0), axis=0)
+    if COLS:
+        cols = offs < N
+        m_c, logl_c = _merge_splits(col_m_part_ptr, col_l_part_ptr, offs, cols, N, row_splits, BLOCK)
+        tl.store(col_m_ptr + offs, m_c, mask=cols)
+        tl.store(col_logl_ptr + offs, logl_c, mask=cols)
+        if HAS_LABELS:
+            cnt = tl.load(count_ptr + offs, mask=cols, other=0).to(tl.float32)
+            col_term = cnt * tl.where(cnt > 0, m_c + logl_c, 0.0)
+            total += tl.sum(w_col * col_term, axis=0) - tl.sum(tl.where(rows, w_col * pos, 0.0), axis=0)
+        else:  # y_i = i: column i pairs with row i
+            total += tl.sum(tl.where(rows & cols, w_col * ((m_c - pos) + logl_c), 0.0), axis=0)
+    tl.store(loss_part_ptr + pid, total)
+
+
+@triton.jit
+def _contrastive_ds_kernel(
+    x_ptr, y_ptr, scale_ptr, g_row_ptr, g_col_ptr, labels_ptr, count_ptr,
+    row_m_ptr, row_logl_ptr, col_m_ptr, col_logl_ptr, ds_ptr, dscale_part_ptr,
+    row0, row_end, M, N, D, stride_x, stride_y, stride_ds, w_row, w_col, w_pos,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    INTERPRETED: tl.constexpr, PRECISION: tl.constexpr,
+    COLS: tl.constexpr, G_VECTOR: tl.constexpr, HAS_LABELS: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
-    pid_d = tl.program_id(1)
+    pid_n = tl.program_id(1)
     scale = tl.load(scale_ptr).to(tl.float32)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < M
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < D
-    m_x = tl.load(m_x_ptr + offs_m, mask=mask_m, other=0.0)
-    logl_x = tl.load(logl_x_ptr + offs_m, mask=mask_m, other=0.0)
-    g_x = tl.load(g_x_ptr + offs_m, mask=mask_m, other=0.0)
-    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-    ds_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    for cb in range(0, tl.cdiv(N, BLOCK_N)):
-        offs_n = cb * BLOCK_N + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < N
-        if TRANSPOSED:  # same operand order as the forward, so S matches its statistics bit for bit
-            raw = tl.trans(tile_dot(y_ptr, x_ptr, offs_n, offs_m, mask_n, mask_m, D, stride_y, stride_x,
-                                    BLOCK_N, BLOCK_M, BLOCK_K, INTERPRETED, PRECISION))
+    offs_m = row0 + pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < row_end
+    mask_n = offs_n < N
+    raw = tile_dot(x_ptr, y_ptr, offs_m, offs_n, mask_m, mask_n, D, stride_x, stride_y,
+                   BLOCK_M, BLOCK_N, BLOCK_K, INTERPRETED, PRECISION)
+    m_r = tl.load(row_m_ptr + offs_m, mask=mask_m, other=0.0)
+    logl_r = tl.load(row_logl_ptr + offs_m, mask=mask_m, other=0.0)
+    if G_VECTOR:
+        g_r = tl.load(g_row_ptr + offs_m, mask=mask_m, other=0.0)
+    else:
+        g = tl.load(g_row_ptr).to(tl.float32)
+        g_r = tl.where(mask_m, g * w_row, 0.0)
+    ds = g_r[:, None] * tl.exp(tl.fma(raw, scale, -m_r[:, None]) - logl_r[:, None])
+    if COLS:
+        m_c = tl.load(col_m_ptr + offs_n, mask=mask_n, other=0.0)
+        logl_c = tl.load(col_logl_ptr + offs_n, mask=mask_n, other=0.0)
+        if G_VECTOR:
+            g_c = tl.load(g_col_ptr + offs_n, mask=mask_n, other=0.0)
+        elif HAS_LABELS:
+            g_c = g * w_col * tl.load(count_ptr + offs_n, mask=mask_n, other=0).to(tl.float32)
         else:
-            raw = tile_dot(x_ptr, y_ptr, offs_m, offs_n, mask_m, mask_n, D, stride_x, stride_y,
-                           BLOCK_M, BLOCK_N, BLOCK_K, INTERPRETED, PRECISION)
-        s = scale * raw
-        m_y = tl.load(m_y_ptr + offs_n, mask=mask_n, other=0.0)
-        logl_y = tl.load(logl_y_ptr + offs_n, mask=mask_n, other=0.0)
-        g_y = tl.load(g_y_ptr + offs_n, mask=mask_n, other=0.0)
-        p_x = tl.exp((s - m_x[:, None]) - logl_x[:, None])
-        p_y = tl.exp((s - m_y[None, :]) - logl_y[None, :])
-        ds = g_x[:, None] * p_x + g_y[None, :] * p_y
-        ds = tl.where(mask_m[:, None] & mask_n[None, :], ds, 0.0)
-        if WITH_DSCALE:
-            ds_acc += tl.sum(ds * raw, axis=1)
-        y_d = load_block(y_ptr, offs_n, offs_d, mask_n, mask_d, stride_y, INTERPRETED)
-        acc = tl.dot(ds.to(y_d.dtype), y_d, acc, input_precision=PRECISION)
-    store_block(dx_ptr, acc * scale, offs_m, offs_d, mask_m, mask_d, stride_dx)
-    if WITH_DSCALE:
-        if pid_d == 0:
-            tl.store(dscale_part_ptr + pid_m, tl.sum(ds_acc, axis=0))
+            g_c = tl.where(offs_n < M, g * w_col, 0.0)
+        ds += g_c[None, :] * tl.exp(tl.fma(raw, scale, -m_c[None, :]) - logl_c[None, :])
+    if not G_VECTOR:
+        if HAS_LABELS:
+            lab = tl.load(labels_ptr + offs_m, mask=mask_m, other=-1)
+        else:
+            lab = offs_m
+        ds -= tl.where(offs_n[None, :] == lab[:, None], g * w_pos, 0.0)
+    ds = tl.where(mask_m[:, None] & mask_n[None, :], ds, 0.0)
+    tl.store(dscale_part_ptr + pid_m * tl.num_programs(1) + pid_n, tl.sum(tl.sum(ds * raw, axis=1), axis=0))
+    local = (offs_m - row0).to(tl.int64)
+    tl.store(ds_ptr + local[:, None] * stride_ds + offs_n[None, :], (ds * scale).to(ds_ptr.dtype.element_ty),
+             mask=mask_m[:, None] & mask_n[None, :])
