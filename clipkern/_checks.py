@@ -1,5 +1,6 @@
 """Input validation shared by every loss. Errors name the argument; nothing here syncs with the
-device except the explicit label range check (skipped under torch.compile)."""
+device: the label range check reads the labels on the host only for CPU tensors (free there; skipped
+under torch.compile) and is a device-side assert for GPU tensors."""
 from __future__ import annotations
 
 import torch
@@ -79,7 +80,11 @@ def check_labels(name: str, labels, rows: int, cols: int, device: torch.device) 
         raise ValueError(f"{name} must have shape ({rows},) (one column index per row), got {tuple(labels.shape)}")
     if labels.device != device:
         raise ValueError(f"{name} is on {labels.device} but the features are on {device}")
-    if not _is_compiling() and rows > 0:
+    if labels.device.type != "cpu":
+        # no host sync on a GPU: the range is asserted on the device (a failure surfaces as a device
+        # assert at a later launch; CUDA_LAUNCH_BLOCKING=1 pins it here)
+        torch._assert_async(((labels >= 0) & (labels < cols)).all())
+    elif not _is_compiling() and rows > 0:
         lo, hi = int(labels.min()), int(labels.max())
         if lo < 0 or hi >= cols:
             raise ValueError(f"{name} must lie in [0, {cols}) (the number of columns), got values in [{lo}, {hi}]")

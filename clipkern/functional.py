@@ -24,7 +24,9 @@ def _out(loss: torch.Tensor) -> torch.Tensor:
     return loss.to(torch.promote_types(loss.dtype, torch.float32))
 
 
-def _prepare(a_name, a, c_name, c, logit_scale, logit_bias, labels, backend, family):
+def _prepare(a_name, a, c_name, c, logit_scale, logit_bias, labels, backend, family, trusted=False):
+    """Checked (scale, bias, labels, backend). labels stays None for the default positives (i, i);
+    `trusted` labels (built by a loss module) skip the range check."""
     check_pair(a_name, a, c_name, c)
     scale = as_scalar("logit_scale", logit_scale, a)
     bias = as_scalar("logit_bias", logit_bias, a, optional=True)
@@ -34,10 +36,25 @@ def _prepare(a_name, a, c_name, c, logit_scale, logit_bias, labels, backend, fam
             raise ValueError(
                 f"labels is required when {a_name} has more rows ({rows}) than {c_name} ({cols}); "
                 "by default row i's positive is column i")
-        labels = torch.arange(rows, device=a.device)
+    elif trusted:
+        labels = labels.long()
     else:
         labels = check_labels("labels", labels, rows, cols, a.device)
     return scale, bias, labels, _backend.resolve(backend, a.device, a.dtype, family=family, rows=rows)
+
+
+def _clip(a, c, logit_scale, logit_bias, labels, symmetric, backend, names, trusted=False):
+    scale, bias, labels, be = _prepare(names[0], a, names[1], c, logit_scale, logit_bias, labels, backend,
+                                       "contrastive", trusted)
+    return _out(_contrastive(a, c, scale, bias, labels, symmetric, be))
+
+
+def _siglip(a, c, logit_scale, logit_bias, labels, backend, trusted=False):
+    scale, bias, labels, be = _prepare("image_features", a, "text_features", c, logit_scale, logit_bias, labels,
+                                       backend, "sigmoid", trusted)
+    if labels is None:
+        labels = torch.arange(a.shape[0], device=a.device)
+    return _out(_sigmoid(a, c, scale, bias, labels, be))
 
 
 def clip_loss(image_features, text_features, logit_scale, logit_bias=None, *, labels=None,
@@ -50,18 +67,16 @@ def clip_loss(image_features, text_features, logit_scale, logit_bias=None, *, la
     equals open_clip's ClipLoss. logit_bias cancels in every softmax; it gets an exactly-zero
     gradient on the fused backends.
     """
-    scale, bias, labels, be = _prepare("image_features", image_features, "text_features", text_features,
-                                       logit_scale, logit_bias, labels, backend, "contrastive")
-    return _out(_contrastive(image_features, text_features, scale, bias, labels, True, be))
+    return _clip(image_features, text_features, logit_scale, logit_bias, labels, True, backend,
+                 ("image_features", "text_features"))
 
 
 def clip_loss_rows(features, other_features, logit_scale, logit_bias=None, *, labels=None,
                    backend="auto") -> torch.Tensor:
     """One direction of the contrastive loss: mean_i CE(S[i, :], labels[i]). open_clip's local
     loss is ½[clip_loss_rows(I_local, T_all) + clip_loss_rows(T_local, I_all)]."""
-    scale, bias, labels, be = _prepare("features", features, "other_features", other_features,
-                                       logit_scale, logit_bias, labels, backend, "contrastive")
-    return _out(_contrastive(features, other_features, scale, bias, labels, False, be))
+    return _clip(features, other_features, logit_scale, logit_bias, labels, False, backend,
+                 ("features", "other_features"))
 
 
 def siglip_loss(image_features, text_features, logit_scale, logit_bias, *, labels=None,
@@ -72,9 +87,7 @@ def siglip_loss(image_features, text_features, logit_scale, logit_bias, *, label
     than image rows the extra columns are negatives only (open_clip's multi-rank SigLIP).
     logit_bias may be None (no bias).
     """
-    scale, bias, labels, be = _prepare("image_features", image_features, "text_features", text_features,
-                                       logit_scale, logit_bias, labels, backend, "sigmoid")
-    return _out(_sigmoid(image_features, text_features, scale, bias, labels, be))
+    return _siglip(image_features, text_features, logit_scale, logit_bias, labels, backend)
 
 
 def _check_modalities(modalities) -> tuple[str, ...]:

@@ -76,18 +76,17 @@ class ClipLoss(_LabelCache, nn.Module):
                 use_horovod=self.use_horovod)
             if self.local_loss:
                 labels = self.get_ground_truth(image_features.device, image_features.shape[0])
-                loss = (F.clip_loss_rows(image_features, all_text, logit_scale, logit_bias, labels=labels,
-                                         backend=self.backend)
-                        + F.clip_loss_rows(text_features, all_image, logit_scale, logit_bias, labels=labels,
-                                           backend=self.backend)) / 2
-            else:
-                labels = self.get_ground_truth(image_features.device, all_image.shape[0])
-                loss = F.clip_loss(all_image, all_text, logit_scale, logit_bias, labels=labels,
-                                   backend=self.backend)
+                rows = ("features", "other_features")
+                loss = (F._clip(image_features, all_text, logit_scale, logit_bias, labels, False, self.backend,
+                                rows, trusted=True)
+                        + F._clip(text_features, all_image, logit_scale, logit_bias, labels, False, self.backend,
+                                  rows, trusted=True)) / 2
+            else:  # the global loss: positives (i, i), built by the kernels (no label tensor, no check)
+                loss = F._clip(all_image, all_text, logit_scale, logit_bias, None, True, self.backend,
+                               ("image_features", "text_features"))
         else:
-            labels = self.get_ground_truth(image_features.device, image_features.shape[0])
-            loss = F.clip_loss(image_features, text_features, logit_scale, logit_bias, labels=labels,
-                               backend=self.backend)
+            loss = F._clip(image_features, text_features, logit_scale, logit_bias, None, True, self.backend,
+                           ("image_features", "text_features"))
         return {"contrastive_loss": loss} if output_dict else loss
 
 
@@ -120,12 +119,11 @@ class SigLipLoss(_LabelCache, nn.Module):
             _require_initialised(self.world_size)
             all_text = all_gather_with_grad(text_features)
             labels = self._labels(device, rows, offset=rows * self.rank)
-            loss = F.siglip_loss(image_features, all_text, logit_scale, logit_bias, labels=labels,
-                                 backend=self.backend)
+            loss = F._siglip(image_features, all_text, logit_scale, logit_bias, labels, self.backend, trusted=True)
         else:
             labels = self._labels(device, rows)
-            loss = F.siglip_loss(image_features, text_features, logit_scale, logit_bias, labels=labels,
-                                 backend=self.backend)
+            loss = F._siglip(image_features, text_features, logit_scale, logit_bias, labels, self.backend,
+                             trusted=True)
         return {"contrastive_loss": loss} if output_dict else loss
 
 
