@@ -95,3 +95,26 @@ def test_stats_match_logsumexp():
     S = s.double() * a.double() @ c.double().T
     torch.testing.assert_close(row.double(), S.logsumexp(1), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(col.double(), S.logsumexp(0), rtol=1e-6, atol=1e-6)
+
+
+def test_offsets_beyond_int32_are_refused_by_name():
+    """B·D ≥ 2³¹ would overflow the kernels' 32-bit row offsets: a clear error naming the argument.
+    Checked on shapes and strides alone (nothing of that size is allocated)."""
+    from clipkern.ops.base import check_int32_offsets
+
+    check_int32_offsets(features=torch.zeros(1, 768).expand(2**22, 768))  # stride-0 rows: one row of memory
+
+    class Huge:  # the shape and strides of a contiguous 2^22 × 768 matrix, without its memory
+        shape = (2**22, 768)
+
+        @staticmethod
+        def stride():
+            return (768, 1)
+
+        @staticmethod
+        def numel():
+            return 2**22 * 768
+
+    with pytest.raises(ValueError, match="features spans .* 32-bit offsets"):
+        check_int32_offsets(features=Huge())
+    check_int32_offsets(features=torch.zeros(2**21, 1).expand(2**21, 1023))  # (2^21 − 1)·1 + 1023 < 2^31

@@ -105,6 +105,19 @@ class TileConfig:
         return math.ceil(rows / self.bwd.tile), math.ceil(width / self.bwd.d)
 
 
+INT32_MAX = 2**31 - 1
+
+
+def check_int32_offsets(**tensors: torch.Tensor) -> None:
+    """The kernels index feature rows with 32-bit offsets (the dS workspace uses 64-bit ones): refuse,
+    naming the argument, a matrix whose last element lies beyond 2³¹ − 1 elements from its start."""
+    for name, t in tensors.items():
+        last = sum((n - 1) * st for n, st in zip(t.shape, t.stride())) if t.numel() else 0
+        if last > INT32_MAX:
+            raise ValueError(f"{name} spans {last + 1} elements (shape {tuple(t.shape)}); the Triton kernels "
+                             f"index features with 32-bit offsets (< 2^31): split the batch")
+
+
 def contiguous_rows(t: torch.Tensor) -> torch.Tensor:
     """Kernels index rows by stride and assume a contiguous last dimension."""
     return t if t.stride(-1) == 1 else t.contiguous()

@@ -5,7 +5,7 @@ backward = dS kernel + two cuBLAS GEMMs + one sum (+ a bincount with explicit la
 """
 import torch
 
-from ..base import chunked_input_grads, contiguous_rows, new_output, tile_config
+from ..base import check_int32_offsets, chunked_input_grads, contiguous_rows, new_output, tile_config
 from .triton_kernels import _contrastive_ds_kernel, _contrastive_finish_kernel, _contrastive_fwd_kernel
 
 FINISH_BLOCK = 256
@@ -42,6 +42,7 @@ def clip_loss_fwd(x, y, scale, labels, symmetric: bool):
     (i, i)); symmetric adds the column direction. Returns (loss, row_m, row_logl, col_m, col_logl,
     counts) — the statistics and label counts the backward needs."""
     x, y = contiguous_rows(x), contiguous_rows(y)
+    check_int32_offsets(features=x, other_features=y)
     M, N = x.shape[0], y.shape[0]
     counts = (torch.bincount(labels, minlength=N).to(torch.int32) if symmetric and labels is not None
               else x.new_empty((0,), dtype=torch.int32))
