@@ -151,7 +151,7 @@ def _check_ranking_pair(scores, targets) -> None:
 
 
 def listmle_loss(scores, targets, *, decay=None, backend="auto") -> torch.Tensor:
-    """List-wise (Plackett–Luce) ranking loss, ListMLE, averaged over rows (DESIGN §1.4).
+    """List-wise (Plackett–Luce) ranking loss, ListMLE, averaged over rows (docs/design.md §1.4).
 
     For each row r: π = the columns in descending order of targets[r], ties broken by the lower
     column index (a stable sort); q_k = scores[r, π_k];
@@ -201,7 +201,7 @@ def _check_pairs(pairs, rows: int, images: int, device: torch.device) -> torch.T
 
 def pairwise_difference_loss(text_features, image_features, pairs, logit_scale=1.0, *, all_pairs=False,
                              backend="auto") -> torch.Tensor:
-    """PC-CLIP's pairwise-difference loss (DESIGN §1.3). Text p describes how image pairs[p, 0]
+    """PC-CLIP's pairwise-difference loss (docs/design.md §1.3). Text p describes how image pairs[p, 0]
     differs from image pairs[p, 1]; δ_ij = normalise(Ĝ_i − Ĝ_j).
 
     all_pairs=False (the paper's form): a P×P symmetric CE between Ê and the listed pairs' δ, on

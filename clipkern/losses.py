@@ -128,7 +128,7 @@ class SigLipLoss(_LabelCache, nn.Module):
 
 
 class AlignClipLoss(nn.Module):
-    """AlignCLIP's objective: alpha·(CE_rows(S) + CE_rows(Sᵀ)) + beta·IMSep (DESIGN §1.5).
+    """AlignCLIP's objective: alpha·(CE_rows(S) + CE_rows(Sᵀ)) + beta·IMSep (docs/design.md §1.5).
 
     Note the *sum* of the two CE directions (the seed code's choice): the first term is
     2·alpha·ClipLoss. forward(image_features, text_features, semantic_features, logit_scale,
@@ -157,7 +157,7 @@ class AlignClipLoss(nn.Module):
 
 
 class ParaClipLoss(nn.Module):
-    """ParaCLIP's three symmetric CLIP losses with equal weights (DESIGN §1.6):
+    """ParaCLIP's three symmetric CLIP losses with equal weights (docs/design.md §1.6):
     CLIP(image, para2) + CLIP(caption, para1) + CLIP(para1, para2), each on the fused kernel.
 
     Constructor arguments are ClipLoss's (distributed gathering included). output_dict gives
@@ -189,14 +189,14 @@ def _is_number(x) -> bool:
 
 
 class RankClipLoss(nn.Module):
-    """RankCLIP: the CLIP loss plus list-wise ranking consistency (DESIGN §1.4), fused.
+    """RankCLIP: the CLIP loss plus list-wise ranking consistency (docs/design.md §1.4), fused.
 
         total = clip_weight·CLIP(L) + w(e)·(R_cross + R_in)/B                 L = s·V Tᵀ
         R_cross = cross_weight·[listmle(L, Lᵀ) + listmle(Lᵀ, L)]
         R_in    = in_weight·[listmle(s·V Vᵀ, s·T Tᵀ) + listmle(s·T Tᵀ, s·V Vᵀ)]
         w(e)    = clamp(ramp_slope·(e − 1)/(total_epochs − 1), 0, ramp_max)
 
-    Defaults follow DESIGN §1.4 (the paper's weights): cross_weight = in_weight = 1/32,
+    Defaults follow docs/design.md §1.4 (the paper's weights): cross_weight = in_weight = 1/32,
     ramp_slope = 3, ramp_max = 2, clip_weight = 1, the 1/B factor on (normalize_by_batch=True), and
     w_k = 1 inside ListMLE (decay=None); decay="log" switches on the paper's 1/log2(k+1) position
     discount. The ListMLE targets (the second argument of each call) get no gradient.
@@ -286,7 +286,7 @@ class RankClipLoss(nn.Module):
 
 # ------------------------------------------------------------------- pairwise difference (PC-CLIP)
 class PairwiseDifferenceLoss(nn.Module):
-    """PC-CLIP's pairwise-difference loss (DESIGN §1.3) as a Module.
+    """PC-CLIP's pairwise-difference loss (docs/design.md §1.3) as a Module.
 
     forward(text_features, image_features, pairs, logit_scale=None, output_dict=False): text p
     describes how image pairs[p, 0] differs from image pairs[p, 1]. logit_scale=None uses the

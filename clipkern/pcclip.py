@@ -1,4 +1,4 @@
-"""PC-CLIP evaluation and prompting helpers (DESIGN §1.3), in plain torch: O(P·D) and O(C·D) work,
+"""PC-CLIP evaluation and prompting helpers (docs/design.md §1.3), in plain torch: O(P·D) and O(C·D) work,
 no kernel needed. The loss itself is clipkern.functional.pairwise_difference_loss.
 
     difference_accuracy(text_features, image_features, pairs)
@@ -35,7 +35,7 @@ def difference_accuracy(text_features, image_features, pairs) -> torch.Tensor:
 
 
 def comparative_class_embeddings(class_embeddings, comparisons, comparison_embeddings, alpha=0.9) -> torch.Tensor:
-    """Comparative prompting, exactly DESIGN §1.3.
+    """Comparative prompting, exactly docs/design.md §1.3.
 
     class_embeddings t (C×D): one text embedding per class. comparisons (M×2, integer): row m is
     (a, b), "class a relative to class b", whose description's embedding is comparison_embeddings[m]

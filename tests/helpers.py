@@ -1,4 +1,4 @@
-"""Shared test helpers: fresh random inputs and the "at most 2× torch's error" rule (DESIGN §4)."""
+"""Shared test helpers: fresh random inputs and the "at most 2× torch's error" rule (docs/design.md §4)."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""Fused softmax-contrastive kernels against the float64 reference (DESIGN §1.1, §4)."""
+"""Fused softmax-contrastive kernels against the float64 reference (docs/design.md §1.1, §4)."""
 import pytest
 import torch
 

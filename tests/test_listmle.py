@@ -1,4 +1,4 @@
-"""ListMLE (DESIGN §1.4): the Triton kernels against the float64 reference, the reference against an
+"""ListMLE (docs/design.md §1.4): the Triton kernels against the float64 reference, the reference against an
 independent brute-force oracle, ties, long rows, strided views, non-finite input, bad input, opcheck."""
 import functools
 import math

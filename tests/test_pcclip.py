@@ -1,4 +1,4 @@
-"""PC-CLIP pairwise-difference losses, difference accuracy and comparative prompting (DESIGN §1.3, §4)."""
+"""PC-CLIP pairwise-difference losses, difference accuracy and comparative prompting (docs/design.md §1.3, §4)."""
 import math
 
 import pytest

@@ -1,4 +1,4 @@
-"""RankCLIP (DESIGN §1.4): RankClipLoss against an independent float64 oracle of the whole objective
+"""RankCLIP (docs/design.md §1.4): RankClipLoss against an independent float64 oracle of the whole objective
 (epoch ramp included), the fused-from-features path against the matrix path and the reference for
 both ranking terms, the long-batch fallback, the module API, bad input, opcheck and torch.compile."""
 import pytest

@@ -117,7 +117,7 @@ def _all_pairs_triton(text: Tensor, image: Tensor, pairs: Tensor, scale: Tensor,
 
 def pairwise_difference_loss(text: Tensor, image: Tensor, pairs: Tensor, scale: Tensor, all_pairs: bool,
                              backend: str) -> Tensor:
-    """Mean PC-CLIP loss (DESIGN §1.3), listed-pairs or all-pairs form. Inputs are validated by the
+    """Mean PC-CLIP loss (docs/design.md §1.3), listed-pairs or all-pairs form. Inputs are validated by the
     caller; pairs is a long (P, 2) tensor with entries in [0, N)."""
     if backend == "reference":
         fn = reference.all_pairs_loss if all_pairs else reference.listed_pairs_loss

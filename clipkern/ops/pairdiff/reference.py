@@ -1,5 +1,5 @@
 r"""Pairwise-difference (PC-CLIP) losses in plain torch, built the long way: the oracle (run it in
-float64) and the CPU fallback. DESIGN.md §1.3.
+float64) and the CPU fallback. docs/design.md §1.3.
 
 Inputs: text features E (P×D), image features G (N×D), pairs (P×2): text p describes how image
 pairs[p, 0] differs from image pairs[p, 1]. Ê, Ĝ are the L2-normalised rows.

@@ -141,7 +141,7 @@ def fused_applies(batch: int, backend: str) -> bool:
 
 def rankclip_terms(image: Tensor, text: Tensor, scale: Tensor, decay: str | None, backend: str,
                    fused: bool | None = None) -> tuple[Tensor, Tensor]:
-    """(R_cross, R_in) of DESIGN §1.4 before the 1/32 weights:
+    """(R_cross, R_in) of docs/design.md §1.4 before the 1/32 weights:
         R_cross = listmle(L, Lᵀ) + listmle(Lᵀ, L),                    L = s·V Tᵀ
         R_in    = listmle(s·V Vᵀ, s·T Tᵀ) + listmle(s·T Tᵀ, s·V Vᵀ)
     fused=None picks the from-features kernels when B ≤ FUSED_MAX_N on the triton backend;

@@ -2,7 +2,7 @@ r"""Fused ListMLE (Plackett–Luce) kernels: per-row sort, suffix log-sum-exp, c
 
 Notation (as in the code): one row of scores q (they get the gradient) and targets t (they only
 choose the order). π = argsort_desc(t), ties broken by the lower column index; q_k = q[π_k] for
-sorted positions k = 0..N−1 (DESIGN §1.4 counts k = 1..N).
+sorted positions k = 0..N−1 (docs/design.md §1.4 counts k = 1..N).
 
 Sort key (`_sort_by_target`). Each fp32 target becomes a signed 32-bit integer with the same order
 (ord = bits for t ≥ 0, bits ^ 0x7FFFFFFF for t < 0; −0.0 is first made +0.0 so that it ties with
@@ -26,7 +26,7 @@ Forward (`_row_loss`), per row:
     lse_k = logsumexp(q_k, ..., q_{N−1}) = m_k + log l_k    suffix (max, sum) scan; every exp has a
                                              non-positive argument, so s = 100 cannot overflow
     ℓ = Σ_k w_k ((m_k − q_k) + log l_k)
-    w_k = 1, or 1/log2(k + 2) with DECAY_LOG (= 1/log2(k + 1) with DESIGN's 1-based k)
+    w_k = 1, or 1/log2(k + 2) with DECAY_LOG (= 1/log2(k + 1) with docs/design.md's 1-based k)
 A non-finite target adds NaN to its row (0·t), as the reference does.
 
 Backward (`_row_grad`), closed form, given g = ∂Loss/∂ℓ of the row:
