@@ -189,8 +189,13 @@ def tile_config(rows: int, cols: int, width: int, device: torch.device, dtype: t
         blocks = Blocks(64, _pow2(width, 16, 128), _pow2(width, 16, 256), 4, 1)
         # two splits per axis whenever possible, so the interpreter exercises both merges
         return TileConfig(blocks, blocks, min(2, math.ceil(rows / 64)), min(2, math.ceil(cols / 64)), blocks)
+    # From the sm_90a compile with the JIT's specialization (benchmarks/roofline.py): every choice
+    # compiles to wgmma with cp.async staging and no spills. 16-bit: 128×128 tiles, BLOCK_K = 64
+    # (an MMA-bound k-loop; BLOCK_K = 32 halves the MMA work per barrier), 8 warps; the forward sits
+    # at 255 registers (one CTA per SM), the dS kernel at 214. fp32 (3xTF32 dots, three MMAs per
+    # product): 64×64 tiles, BLOCK_K = 32, 4 warps. Two dots per tile (IMSep): 64×64, BLOCK_K = 32.
     wide = dtype == torch.float32  # 3xTF32 dots need more registers
-    fwd = Blocks(64, 16 if wide else 32, 0, 4, 3) if wide or dots_per_tile > 1 else Blocks(128, 32, 0, 8, 3)
+    fwd = Blocks(64, 32, 0, 4, 3) if wide or dots_per_tile > 1 else Blocks(128, 64, 0, 8, 3)
     bwd = Blocks(64, 16, _pow2(width, 16, 128), 8, 3) if wide else Blocks(64, 32, _pow2(width, 16, 256), 8, 3)
     sms = _sm_count(device)
     row_blocks, col_blocks = math.ceil(rows / fwd.tile), math.ceil(cols / fwd.tile)
