@@ -1,11 +1,12 @@
-"""AlignCLIP IMSep and ParaCLIP losses against float64 references (DESIGN §1.5, §1.6, §4)."""
+"""AlignCLIP IMSep and ParaCLIP losses against float64 references (docs/design.md §1.5, §1.6, §4)."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 import clipkern
 import clipkern.functional as CF
-from clipkern.ops.imsep import triton_imsep_lse
+from clipkern.ops import base
+from clipkern.ops.imsep import triton_imsep_loss, triton_imsep_loss_bwd
 from helpers import check_against_reference, features
 
 F32, F16 = torch.float32, torch.float16
@@ -39,6 +40,7 @@ CASES = (
     + [(B, 16, 384, 100.0, BOTH, F32) for B in (2, 7, 64)]
     + [(64, 100, 384, s, BOTH, F16) for s in (1.0, 100.0)]
     + [(257, 16, 8, 14.3, BOTH, F16), (7, 100, 8, 100.0, ("text",), F32)]
+    + [(70, 45, 13, 100.0, BOTH, dt) for dt in (F32, F16)]  # odd shapes, K ≠ D, several tiles
 )
 
 
@@ -101,7 +103,68 @@ def test_opcheck_imsep(dtype):
     x = features(70, 20, dtype).requires_grad_()
     u = torch.nn.functional.normalize(torch.randn(70, 12), dim=1).to(dtype)
     diag = torch.randn(70).requires_grad_()
-    torch.library.opcheck(triton_imsep_lse, (x, u, diag, torch.tensor(7.0, requires_grad=True)))
+    scale = torch.tensor(7.0, requires_grad=True)
+    torch.library.opcheck(triton_imsep_loss, (x, u, diag, scale))
+    _, *stats = triton_imsep_loss(x.detach(), u, diag.detach(), scale.detach())
+    torch.library.opcheck(triton_imsep_loss_bwd, (x.detach(), u, diag.detach(), scale.detach(), *stats,
+                                                  torch.tensor(1.3)))
+
+
+def _loss_and_grads(B=150, D=45, K=13, dtype=F32, scale=100.0):
+    torch.manual_seed(1)
+    v, t = features(B, D, dtype).requires_grad_(), features(B, D, dtype).requires_grad_()
+    u, s = torch.randn(B, K).to(dtype), torch.tensor(scale, requires_grad=True)
+    loss = CF.imsep_loss(v, t, u, s, modalities=BOTH, backend="triton")
+    (loss * -1.7).backward()
+    return [loss.detach(), v.grad, t.grad, s.grad]
+
+
+def _count_chunks(monkeypatch):
+    """Counts the E-kernel launches (one per workspace chunk) of the IMSep backward."""
+    from clipkern.ops.imsep import triton_ops
+
+    calls = []
+
+    def counting(x, y, fill_ds, *args, **kwargs):
+        def fill(ws, r0, r1):
+            calls.append((r0, r1))
+            fill_ds(ws, r0, r1)
+        return base.chunked_input_grads(x, y, fill, *args, **kwargs)
+
+    monkeypatch.setattr(triton_ops, "chunked_input_grads", counting)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [F32, F16], ids=["fp32", "fp16"])
+def test_imsep_several_workspace_chunks_equal_one(dtype, monkeypatch):
+    calls = _count_chunks(monkeypatch)
+    one = _loss_and_grads(dtype=dtype)
+    assert len(calls) == 2  # one chunk per modality
+    monkeypatch.setenv("CLIPKERN_WORKSPACE_MB", "1e-6")  # one E row tile per chunk
+    calls.clear()
+    several = _loss_and_grads(dtype=dtype)
+    assert len(calls) == 2 * 3
+    assert torch.equal(one[0], several[0]) and torch.equal(one[3], several[3])  # E and its partials: same tiles
+    for a, b in zip(one[1:3], several[1:3]):  # dX: one GEMM per chunk instead of one in all
+        torch.testing.assert_close(b, a, rtol=1e-6 if dtype == F32 else 1e-3, atol=1e-7 if dtype == F32 else 1e-5)
+
+
+def test_imsep_reruns_are_bit_identical():
+    first, second = _loss_and_grads(), _loss_and_grads()
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [F32, F16], ids=["fp32", "fp16"])
+def test_imsep_gpu_launch_configuration(dtype, monkeypatch):
+    """CLIPKERN_TARGET=sm90: the blocks, splits and chunks an sm_90 GPU would get, run in the interpreter."""
+    monkeypatch.setenv("CLIPKERN_TARGET", "sm90")
+    assert base.simulated_target() == "sm90"
+    B, D, K = 70, 45, 13
+    inputs = dict(image_features=features(B, D, dtype), text_features=features(B, D, dtype),
+                  semantic_features=torch.randn(B, K).to(dtype), logit_scale=torch.tensor(100.0))
+    fn = lambda backend, **kw: CF.imsep_loss(**kw, modalities=BOTH, backend=backend)  # noqa: E731
+    check_against_reference(fn, inputs, dtype, GRADS)
 
 
 @pytest.mark.slow

@@ -193,16 +193,20 @@ def tile_config(rows: int, cols: int, width: int, device: torch.device, dtype: t
     # compiles to wgmma with cp.async staging and no spills. 16-bit: 128×128 tiles, BLOCK_K = 64
     # (an MMA-bound k-loop; BLOCK_K = 32 halves the MMA work per barrier), 8 warps; the forward sits
     # at 255 registers (one CTA per SM), the dS kernel at 214. fp32 (3xTF32 dots, three MMAs per
-    # product): 64×64 tiles, BLOCK_K = 32, 4 warps. Two dots per tile (IMSep): 64×64, BLOCK_K = 32.
+    # product): 64×64 tiles, BLOCK_K = 32, 4 warps. Two dots per tile (IMSep): 64×64, BLOCK_K = 32
+    # (16 for fp32: 32 spills). The dS kernel always steps through D with the forward's BLOCK_K, so
+    # its recomputed S sums the products in the forward's order (bit-identical on the same tile).
     wide = dtype == torch.float32  # 3xTF32 dots need more registers
-    fwd = Blocks(64, 32, 0, 4, 3) if wide or dots_per_tile > 1 else Blocks(128, 64, 0, 8, 3)
+    if dots_per_tile > 1:
+        fwd = Blocks(64, 16 if wide else 32, 0, 4, 3)
+    else:
+        fwd = Blocks(64, 32, 0, 4, 3) if wide else Blocks(128, 64, 0, 8, 3)
     bwd = Blocks(64, 16, _pow2(width, 16, 128), 8, 3) if wide else Blocks(64, 32, _pow2(width, 16, 256), 8, 3)
     sms = _sm_count(device)
     row_blocks, col_blocks = math.ceil(rows / fwd.tile), math.ceil(cols / fwd.tile)
     row_splits = min(row_blocks, 64)
     col_splits = max(1, min(col_blocks, math.ceil(2 * sms / row_splits), 64))
-    ds = Blocks(64, 32, 0, 4, 3) if wide or dots_per_tile > 1 else Blocks(128, 64, 0, 8, 3)
-    return TileConfig(fwd, bwd, row_splits, col_splits, ds)
+    return TileConfig(fwd, bwd, row_splits, col_splits, fwd)
 
 
 # ---------------------------------------------------------------- the csrc extension's ops (backend="cuda")

@@ -69,6 +69,40 @@ def col_stats_merge(col_m_ptr, col_l_ptr, s, offs_n, mask_m, mask_n):
 
 
 @triton.jit
+def col_stats_first_or_merge(col_m_ptr, col_l_ptr, v, scale, s, offs_n, mask_m, mask_n, first):
+    """Column statistics of a tile's valid rows (exponents fma(v, scale, −m)), stored on the first
+    visit or merged into the partials that this program owns."""
+    t_m = tl.max(tl.where(mask_m[:, None], s, float("-inf")), axis=0)
+    safe = tl.where(t_m == float("-inf"), 0.0, t_m)
+    t_l = tl.sum(tl.where(mask_m[:, None], tl.exp(tl.fma(v, scale, -safe[None, :])), 0.0), axis=0)
+    if first:
+        tl.store(col_m_ptr + offs_n, t_m, mask=mask_n)
+        tl.store(col_l_ptr + offs_n, t_l, mask=mask_n)
+    else:
+        p_m = tl.load(col_m_ptr + offs_n, mask=mask_n, other=float("-inf"))
+        p_l = tl.load(col_l_ptr + offs_n, mask=mask_n, other=0.0)
+        n_m = tl.maximum(p_m, t_m)
+        n_safe = tl.where(n_m == float("-inf"), 0.0, n_m)
+        tl.store(col_m_ptr + offs_n, n_m, mask=mask_n)
+        tl.store(col_l_ptr + offs_n, p_l * tl.exp(p_m - n_safe) + t_l * tl.exp(t_m - n_safe), mask=mask_n)
+
+
+@triton.jit
+def merge_splits(m_part_ptr, l_part_ptr, offs, mask, length, splits, BLOCK: tl.constexpr):
+    """(max, log Σ) of `splits` partial online-softmax statistics per index."""
+    m = tl.full((BLOCK,), float("-inf"), tl.float32)
+    for k in range(splits):
+        m = tl.maximum(m, tl.load(m_part_ptr + k * length + offs, mask=mask, other=float("-inf")))
+    safe = tl.where(m == float("-inf"), 0.0, m)
+    l = tl.zeros((BLOCK,), tl.float32)
+    for k in range(splits):
+        pm = tl.load(m_part_ptr + k * length + offs, mask=mask, other=float("-inf"))
+        pl = tl.load(l_part_ptr + k * length + offs, mask=mask, other=0.0)
+        l += pl * tl.exp(pm - safe)
+    return m, tl.log(tl.where(mask, l, 1.0))
+
+
+@triton.jit
 def load_block(ptr, offs_r, offs_c, mask_r, mask_c, stride, INTERPRETED: tl.constexpr):
     """A (rows × cols) block of a row-major matrix, zero outside the bounds."""
     v = tl.load(ptr + offs_r[:, None] * stride + offs_c[None, :],

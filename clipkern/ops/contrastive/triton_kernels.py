@@ -33,26 +33,7 @@ cuBLAS GEMMs (4·M·N·D FLOPs; ops/base.chunked_input_grads). Workspace offsets
 import triton
 import triton.language as tl
 
-from ..base.triton_tiles import split_ranges, tile_dot
-
-
-@triton.jit
-def _col_first_or_merge(col_m_ptr, col_l_ptr, raw, scale, s, offs_n, mask_m, mask_n, first):
-    """Column statistics of a tile's valid rows, stored (first visit) or merged into the partials
-    that this program owns."""
-    t_m = tl.max(tl.where(mask_m[:, None], s, float("-inf")), axis=0)
-    safe = tl.where(t_m == float("-inf"), 0.0, t_m)
-    t_l = tl.sum(tl.where(mask_m[:, None], tl.exp(tl.fma(raw, scale, -safe[None, :])), 0.0), axis=0)
-    if first:
-        tl.store(col_m_ptr + offs_n, t_m, mask=mask_n)
-        tl.store(col_l_ptr + offs_n, t_l, mask=mask_n)
-    else:
-        p_m = tl.load(col_m_ptr + offs_n, mask=mask_n, other=float("-inf"))
-        p_l = tl.load(col_l_ptr + offs_n, mask=mask_n, other=0.0)
-        n_m = tl.maximum(p_m, t_m)
-        n_safe = tl.where(n_m == float("-inf"), 0.0, n_m)
-        tl.store(col_m_ptr + offs_n, n_m, mask=mask_n)
-        tl.store(col_l_ptr + offs_n, p_l * tl.exp(p_m - n_safe) + t_l * tl.exp(t_m - n_safe), mask=mask_n)
+from ..base.triton_tiles import col_stats_first_or_merge, merge_splits, split_ranges, tile_dot
 
 
 @triton.jit
@@ -88,7 +69,7 @@ def _contrastive_fwd_kernel(
             l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.where(mask_n[None, :], p, 0.0), axis=1)
             m_i = m_new
             if COLS:
-                _col_first_or_merge(col_m_part_ptr + pid_r * N, col_l_part_ptr + pid_r * N, raw, scale, s, offs_n,
+                col_stats_first_or_merge(col_m_part_ptr + pid_r * N, col_l_part_ptr + pid_r * N, raw, scale, s, offs_n,
                                     mask_m, mask_n, rb == rb_start)
             # the positive S[i, y_i] lives in exactly one column tile
             hit = offs_n[None, :] == lab[:, None]
@@ -96,21 +77,6 @@ def _contrastive_fwd_kernel(
             tl.store(pos_ptr + offs_m, tl.sum(tl.where(hit, s, 0.0), axis=1), mask=in_tile)
         tl.store(row_m_part_ptr + pid_c * M + offs_m, m_i, mask=mask_m)
         tl.store(row_l_part_ptr + pid_c * M + offs_m, l_i, mask=mask_m)
-
-
-@triton.jit
-def _merge_splits(m_part_ptr, l_part_ptr, offs, mask, length, splits, BLOCK: tl.constexpr):
-    """(max, log Σ) of `splits` partial online-softmax statistics per index."""
-    m = tl.full((BLOCK,), float("-inf"), tl.float32)
-    for k in range(splits):
-        m = tl.maximum(m, tl.load(m_part_ptr + k * length + offs, mask=mask, other=float("-inf")))
-    safe = tl.where(m == float("-inf"), 0.0, m)
-    l = tl.zeros((BLOCK,), tl.float32)
-    for k in range(splits):
-        pm = tl.load(m_part_ptr + k * length + offs, mask=mask, other=float("-inf"))
-        pl = tl.load(l_part_ptr + k * length + offs, mask=mask, other=0.0)
-        l += pl * tl.exp(pm - safe)
-    return m, tl.log(tl.where(mask, l, 1.0))
 
 
 @triton.jit
@@ -124,14 +90,14 @@ def _contrastive_finish_kernel(
     pid = tl.program_id(0)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     rows = offs < M
-    m_r, logl_r = _merge_splits(row_m_part_ptr, row_l_part_ptr, offs, rows, M, col_splits, BLOCK)
+    m_r, logl_r = merge_splits(row_m_part_ptr, row_l_part_ptr, offs, rows, M, col_splits, BLOCK)
     tl.store(row_m_ptr + offs, m_r, mask=rows)
     tl.store(row_logl_ptr + offs, logl_r, mask=rows)
     pos = tl.load(pos_ptr + offs, mask=rows, other=0.0)
     total = tl.sum(tl.where(rows, w_row * ((m_r - pos) + logl_r), 0.0), axis=0)
     if COLS:
         cols = offs < N
-        m_c, logl_c = _merge_splits(col_m_part_ptr, col_l_part_ptr, offs, cols, N, row_splits, BLOCK)
+        m_c, logl_c = merge_splits(col_m_part_ptr, col_l_part_ptr, offs, cols, N, row_splits, BLOCK)
         tl.store(col_m_ptr + offs, m_c, mask=cols)
         tl.store(col_logl_ptr + offs, logl_c, mask=cols)
         if HAS_LABELS:

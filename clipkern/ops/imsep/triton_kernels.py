@@ -1,44 +1,58 @@
-r"""Fused intra-modality separation (AlignCLIP IMSep) kernels. No B×B buffer.
+r"""Fused intra-modality separation (AlignCLIP IMSep) kernels. No B×B buffer in the forward; the
+backward's E lives in a bounded row-chunk workspace.
 
-Notation: X = this modality's features (B×D), Û = normalised semantic features (B×K), s = scale,
-d[i] = X_i · Y_i (the cross-modal positive, computed by the caller), and per tile
-    R = X Xᵀ,  W = 1 − Û Ûᵀ,   M = s · R ⊙ W off the diagonal,   M[i, i] = s · d[i]
-M is symmetric. loss = mean_i [lse_i(M) − s·d[i]].
+Notation: X = this modality's features (B×D), Û = normalised semantic features (B×K, a constant),
+s = scale, d[i] = X_i · Y_i (the cross-modal positive, fp32, computed by the caller), and per tile
+    R = X Xᵀ,  W = 1 − Û Ûᵀ,  V = R ⊙ W off the diagonal,  V[i, i] = d[i],   M = s · V
+(fp32 accumulation; V = R·W is one rounded fp32 product). M is symmetric.
+    loss = (1/B) Σ_i [lse_i(M) − s·d[i]]
+Every exponent of M is formed as fma(V, s, −m): one rounding, the same in the forward and the
+backward (the compiler cannot contract s·V − m differently in the two). The backward launches its
+E kernel with the forward's BLOCK_K, so R and W accumulate in the same order and the recomputed V
+equals the forward's bit for bit: P is consistent with the forward's statistics (a different K step
+costs ~10× the fp32 gradient error at s = 100). The max itself is taken over the product s·V.
 
-Forward (`_imsep_fwd_kernel`): one pass over the tiles, both dot products per tile, the diagonal
-overridden, online row statistics (max, Σexp) and, from the same tile values, column statistics.
-Because M = Mᵀ both describe the same softmax; the backward uses each where it matches the
-orientation of the recomputed tile, so P is exactly consistent with its statistics.
+Forward (`_imsep_fwd_kernel`): the (row_splits × col_splits) grid walks each program's rectangle of
+tiles, both dot products per tile (2B²D + 2B²K FLOPs), the diagonal overridden by d, and keeps
+online row statistics (max m, Σ exp) in registers and, from the same tile values, column
+statistics in the partials of its row split (first visit stores, later visits merge: no
+initialisation, no atomics, deterministic). Because M = Mᵀ both describe the same softmax.
+`_imsep_finish_kernel` merges the split partials into (m, log l) per row and column and writes one
+partial loss per program, Σ_i ((m_r − s·d) + log l_r)[i] / B (the launcher sums them).
 
-Backward (`_imsep_bwd_kernel`), given g = ∂L/∂lse (one per row):
-    P[i, j] = exp(M[i, j] − lse_row[i]),  P[j, i] = exp(M[i, j] − lse_col[j])      (M symmetric)
-    E[i, j] = s · W[i, j] · (g_i P[i, j] + g_j P[j, i])      for i ≠ j, 0 on the diagonal
-    dX = E X      (X sits on both sides of R, hence both terms)
-    ds = Σ_{i≠j} g_i P[i, j] R[i, j] W[i, j]   (+ the diagonal part, added by the caller)
-The diagonal's gradient ∂L/∂d[i] = s · g_i · P[i, i] and its ds share are O(B) torch ops.
+Backward, given the upstream g of the loss (g_i = g/B for every row):
+`_imsep_ds_kernel`, one program per (row tile, column tile) of a row chunk, recomputes R and W of
+its tile once (2B²D + 2B²K FLOPs over the whole backward) and writes, in the feature dtype,
+    P[i, j] = exp(fma(V, s, −m_r[i]) − log l_r[i]),   P[j, i] = exp(fma(V, s, −m_c[j]) − log l_c[j])
+    E[i, j] = s · W[i, j] · (g_i P[i, j] + g_j P[j, i])   for i ≠ j,   0 on the diagonal
+P[j, i] comes from the column statistics of the same tile orientation, so P is exactly consistent
+with its statistics (M symmetric: column j's statistics are row j's). Each program also writes one
+fp32 partial of ∂L/∂s (summed by the launcher):
+    Σ_{i≠j} g_i P[i, j] V[i, j]  +  (tile holding the diagonal)  Σ_i g_i (P[i, i] − 1) d[i]
+and the diagonal tile writes ∂L/∂d[i] = s · g_i · (P[i, i] − 1) (autograd carries it to X and Y).
+Then dX = E X (X sits on both sides of R, hence both terms; E is symmetric) is one cuBLAS GEMM per
+chunk (2B²D FLOPs; ops/base.chunked_input_grads). The workspace holds chunk × B elements of the
+feature dtype, chunk rows a multiple of the E tile within the budget of ops/base.workspace_rows
+(CLIPKERN_WORKSPACE_MB or its default); its row offsets are 64-bit. Whole loss: 6B²D + 4B²K FLOPs
+(fwd 2B²(D+K), bwd 2B²(D+K) + 2B²D), 2 + 1 kernels and one GEMM per chunk.
 Û is constant: no gradient.
 """
 import triton
 import triton.language as tl
 
-from ..base.triton_tiles import (col_stats_merge, load_block, row_stats_update, split_ranges, store_block,
-                                 tile_dot)
+from ..base.triton_tiles import col_stats_first_or_merge, merge_splits, split_ranges, tile_dot
 
 
 @triton.jit
-def _imsep_tile(x_ptr, u_ptr, diag_ptr, scale, offs_m, offs_n, mask_m, mask_n, D, K, stride_x, stride_u,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                INTERPRETED: tl.constexpr, PRECISION: tl.constexpr):
-    """Returns (M tile, R tile, W tile, off-diagonal-and-valid mask)."""
-    raw = tile_dot(x_ptr, x_ptr, offs_m, offs_n, mask_m, mask_n, D, stride_x, stride_x,
-                   BLOCK_M, BLOCK_N, BLOCK_K, INTERPRETED, PRECISION)
+def _imsep_products(x_ptr, u_ptr, offs_m, offs_n, mask_m, mask_n, D, K, stride_x, stride_u,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    INTERPRETED: tl.constexpr, PRECISION: tl.constexpr):
+    """(V = R ⊙ W, W) of a tile, off-diagonal values everywhere (the caller overrides the diagonal)."""
+    r = tile_dot(x_ptr, x_ptr, offs_m, offs_n, mask_m, mask_n, D, stride_x, stride_x,
+                 BLOCK_M, BLOCK_N, BLOCK_K, INTERPRETED, PRECISION)
     w = 1.0 - tile_dot(u_ptr, u_ptr, offs_m, offs_n, mask_m, mask_n, K, stride_u, stride_u,
                        BLOCK_M, BLOCK_N, BLOCK_K, INTERPRETED, PRECISION)
-    diag = tl.load(diag_ptr + offs_m, mask=mask_m, other=0.0)
-    on_diag = offs_m[:, None] == offs_n[None, :]
-    logits = scale * tl.where(on_diag, diag[:, None], raw * w)
-    off = (offs_m[:, None] != offs_n[None, :]) & mask_m[:, None] & mask_n[None, :]
-    return logits, raw, w, off
+    return r * w, w
 
 
 @triton.jit
@@ -56,54 +70,82 @@ def _imsep_fwd_kernel(
     for rb in range(rb_start, rb_end):
         offs_m = rb * BLOCK_M + tl.arange(0, BLOCK_M)
         mask_m = offs_m < B
+        d_m = tl.load(diag_ptr + offs_m, mask=mask_m, other=0.0)
         m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
         l_i = tl.zeros((BLOCK_M,), tl.float32)
         for cb in range(cb_start, cb_end):
             offs_n = cb * BLOCK_N + tl.arange(0, BLOCK_N)
             mask_n = offs_n < B
-            s, _, _, _ = _imsep_tile(x_ptr, u_ptr, diag_ptr, scale, offs_m, offs_n, mask_m, mask_n, D, K,
-                                     stride_x, stride_u, BLOCK_M, BLOCK_N, BLOCK_K, INTERPRETED, PRECISION)
-            m_i, l_i = row_stats_update(m_i, l_i, s, mask_n)
-            col_stats_merge(col_m_part_ptr + pid_r * B, col_l_part_ptr + pid_r * B, s, offs_n, mask_m, mask_n)
+            v, _ = _imsep_products(x_ptr, u_ptr, offs_m, offs_n, mask_m, mask_n, D, K, stride_x, stride_u,
+                                   BLOCK_M, BLOCK_N, BLOCK_K, INTERPRETED, PRECISION)
+            v = tl.where(offs_m[:, None] == offs_n[None, :], d_m[:, None], v)
+            s = v * scale
+            m_new = tl.maximum(m_i, tl.max(tl.where(mask_n[None, :], s, float("-inf")), axis=1))
+            p = tl.exp(tl.fma(v, scale, -m_new[:, None]))
+            l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.where(mask_n[None, :], p, 0.0), axis=1)
+            m_i = m_new
+            col_stats_first_or_merge(col_m_part_ptr + pid_r * B, col_l_part_ptr + pid_r * B, v, scale, s, offs_n,
+                                mask_m, mask_n, rb == rb_start)
         tl.store(row_m_part_ptr + pid_c * B + offs_m, m_i, mask=mask_m)
         tl.store(row_l_part_ptr + pid_c * B + offs_m, l_i, mask=mask_m)
 
 
 @triton.jit
-def _imsep_bwd_kernel(
-    x_ptr, u_ptr, diag_ptr, scale_ptr, row_m_ptr, row_logl_ptr, col_m_ptr, col_logl_ptr, g_ptr,
-    dx_ptr, dscale_part_ptr,
-    B, D, K, stride_x, stride_u, stride_dx,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+def _imsep_finish_kernel(
+    row_m_part_ptr, row_l_part_ptr, col_m_part_ptr, col_l_part_ptr, diag_ptr, scale_ptr,
+    row_m_ptr, row_logl_ptr, col_m_ptr, col_logl_ptr, loss_part_ptr,
+    B, row_splits, col_splits,
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < B
+    scale = tl.load(scale_ptr).to(tl.float32)
+    m_r, logl_r = merge_splits(row_m_part_ptr, row_l_part_ptr, offs, mask, B, col_splits, BLOCK)
+    m_c, logl_c = merge_splits(col_m_part_ptr, col_l_part_ptr, offs, mask, B, row_splits, BLOCK)
+    tl.store(row_m_ptr + offs, m_r, mask=mask)
+    tl.store(row_logl_ptr + offs, logl_r, mask=mask)
+    tl.store(col_m_ptr + offs, m_c, mask=mask)
+    tl.store(col_logl_ptr + offs, logl_c, mask=mask)
+    d = tl.load(diag_ptr + offs, mask=mask, other=0.0)
+    pos = d * scale
+    tl.store(loss_part_ptr + pid, tl.sum(tl.where(mask, (m_r - pos) + logl_r, 0.0), axis=0) / B)
+
+
+@triton.jit
+def _imsep_ds_kernel(
+    x_ptr, u_ptr, diag_ptr, scale_ptr, g_ptr, row_m_ptr, row_logl_ptr, col_m_ptr, col_logl_ptr,
+    ds_ptr, ddiag_ptr, dscale_part_ptr,
+    row0, row_end, B, D, K, stride_x, stride_u, stride_ds,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     INTERPRETED: tl.constexpr, PRECISION: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
-    pid_d = tl.program_id(1)
+    pid_n = tl.program_id(1)
     scale = tl.load(scale_ptr).to(tl.float32)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < B
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < D
-    m_i = tl.load(row_m_ptr + offs_m, mask=mask_m, other=0.0)
-    logl_i = tl.load(row_logl_ptr + offs_m, mask=mask_m, other=0.0)
-    g_i = tl.load(g_ptr + offs_m, mask=mask_m, other=0.0)
-    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-    ds_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    for cb in range(0, tl.cdiv(B, BLOCK_N)):
-        offs_n = cb * BLOCK_N + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < B
-        s, raw, w, off = _imsep_tile(x_ptr, u_ptr, diag_ptr, scale, offs_m, offs_n, mask_m, mask_n, D, K,
-                                     stride_x, stride_u, BLOCK_M, BLOCK_N, BLOCK_K, INTERPRETED, PRECISION)
-        m_j = tl.load(col_m_ptr + offs_n, mask=mask_n, other=0.0)
-        logl_j = tl.load(col_logl_ptr + offs_n, mask=mask_n, other=0.0)
-        g_j = tl.load(g_ptr + offs_n, mask=mask_n, other=0.0)
-        gp_i = g_i[:, None] * tl.exp((s - m_i[:, None]) - logl_i[:, None])
-        gp_j = g_j[None, :] * tl.exp((s - m_j[None, :]) - logl_j[None, :])
-        e = tl.where(off, scale * w * (gp_i + gp_j), 0.0)
-        if pid_d == 0:
-            ds_acc += tl.sum(tl.where(off, gp_i * raw * w, 0.0), axis=1)
-        x_d = load_block(x_ptr, offs_n, offs_d, mask_n, mask_d, stride_x, INTERPRETED)
-        acc = tl.dot(e.to(x_d.dtype), x_d, acc, input_precision=PRECISION)
-    store_block(dx_ptr, acc, offs_m, offs_d, mask_m, mask_d, stride_dx)
-    if pid_d == 0:
-        tl.store(dscale_part_ptr + pid_m, tl.sum(ds_acc, axis=0))
+    g = tl.load(g_ptr).to(tl.float32) / B  # g_i: the loss is a mean over the rows
+    tile_row = row0 + pid_m * BLOCK_M
+    offs_m = tile_row + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < row_end
+    mask_n = offs_n < B
+    v, w = _imsep_products(x_ptr, u_ptr, offs_m, offs_n, mask_m, mask_n, D, K, stride_x, stride_u,
+                           BLOCK_M, BLOCK_N, BLOCK_K, INTERPRETED, PRECISION)
+    m_r = tl.load(row_m_ptr + offs_m, mask=mask_m, other=0.0)
+    logl_r = tl.load(row_logl_ptr + offs_m, mask=mask_m, other=0.0)
+    m_c = tl.load(col_m_ptr + offs_n, mask=mask_n, other=0.0)
+    logl_c = tl.load(col_logl_ptr + offs_n, mask=mask_n, other=0.0)
+    gp_r = g * tl.exp(tl.fma(v, scale, -m_r[:, None]) - logl_r[:, None])
+    gp_c = g * tl.exp(tl.fma(v, scale, -m_c[None, :]) - logl_c[None, :])
+    valid = mask_m[:, None] & mask_n[None, :]
+    off = (offs_m[:, None] != offs_n[None, :]) & valid
+    part = tl.sum(tl.sum(tl.where(off, gp_r * v, 0.0), axis=1), axis=0)
+    e = tl.where(off, (scale * w) * (gp_r + gp_c), 0.0)
+    local = (offs_m - row0).to(tl.int64)
+    tl.store(ds_ptr + local[:, None] * stride_ds + offs_n[None, :], e.to(ds_ptr.dtype.element_ty), mask=valid)
+    if tile_row == pid_n * BLOCK_N:  # the tile holding these rows' diagonal (chunks are tile-aligned)
+        d = tl.load(diag_ptr + offs_m, mask=mask_m, other=0.0)
+        gp_d = g * (tl.exp(tl.fma(d, scale, -m_r) - logl_r) - 1.0)
+        tl.store(ddiag_ptr + offs_m, scale * gp_d, mask=mask_m)
+        part += tl.sum(tl.where(mask_m, gp_d * d, 0.0), axis=0)
+    tl.store(dscale_part_ptr + (row0 // BLOCK_M + pid_m) * tl.num_programs(1) + pid_n, part)
