@@ -118,6 +118,10 @@ def resolve(backend: str, device: torch.device, dtype: torch.dtype, *, family: s
             if env not in BACKENDS:
                 raise ValueError(f"CLIPKERN_BACKEND must be one of {BACKENDS}, got {env!r}")
             backend = env
+            if family is not None:  # a preference: a family that cannot honour it falls back, warning once
+                from .ops import dispatch
+
+                backend = dispatch.fallback(family, env, lambda name: _runnable(name, device, dtype))
         else:
             return _auto(device, dtype, family, rows)
     why = unavailable_reason(backend, device)
@@ -132,6 +136,14 @@ def resolve(backend: str, device: torch.device, dtype: torch.dtype, *, family: s
         raise TypeError(f"backend='cuda' supports float32, float16 and bfloat16 CUDA tensors, got {dtype}; "
                         "use backend='reference' for float64")
     return backend
+
+
+def _runnable(backend: str, device: torch.device, dtype: torch.dtype) -> bool:
+    if unavailable_reason(backend, device) is not None:
+        return False
+    if backend == "reference":
+        return True
+    return dtype in TRITON_DTYPES or (backend == "cuda" and device.type == "cpu")
 
 
 def no_cuda_twin(family: str) -> BackendUnavailable:

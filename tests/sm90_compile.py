@@ -23,7 +23,7 @@ import clipkern.ops.base as base
 from clipkern.ops.contrastive import triton_kernels as ck
 from clipkern.ops.imsep import triton_kernels as ik
 from clipkern.ops.pairdiff import triton_kernels as pk
-from clipkern.ops.pairdiff.triton_ops import GPU_BLOCKS as PAIRDIFF_BLOCKS
+from clipkern.ops.pairdiff.triton_launchers import GPU_BLOCKS as PAIRDIFF_BLOCKS
 from clipkern.ops.sigmoid import triton_kernels as sk
 
 TARGET = GPUTarget("cuda", 90, 32)

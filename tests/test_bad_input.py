@@ -93,13 +93,43 @@ def test_unknown_or_unavailable_backend(monkeypatch):
 
 
 def test_env_override_of_auto(monkeypatch):
+    """CLIPKERN_BACKEND is a preference: a family that cannot honour it (here: the extension is
+    missing) falls back to the next backend with one warning per family, never an error."""
+    from clipkern.ops import dispatch
+
+    monkeypatch.setattr(dispatch, "_WARNED", set())
     monkeypatch.setenv("CLIPKERN_BACKEND", "cuda")
     _extension_missing(monkeypatch)
-    with pytest.raises(clipkern.BackendUnavailable):
-        CF.clip_loss(features(4, 8), features(4, 8), torch.tensor(1.0))
+    a, c, s = features(4, 8), features(4, 8), torch.tensor(3.0)
+    with pytest.warns(UserWarning, match="CLIPKERN_BACKEND='cuda': the contrastive loss cannot run"):
+        got = CF.clip_loss(a, c, s)
+    torch.testing.assert_close(got, CF.clip_loss(a, c, s, backend="reference"))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per family
+        CF.clip_loss(a, c, s)
     monkeypatch.setenv("CLIPKERN_BACKEND", "bogus")
     with pytest.raises(ValueError, match="CLIPKERN_BACKEND must be one of"):
         CF.clip_loss(features(4, 8), features(4, 8), torch.tensor(1.0))
+
+
+def test_env_preference_falls_back_for_families_without_it(monkeypatch):
+    """CLIPKERN_BACKEND=cuda set to speed up CLIP must not break SigLIP or IMSep (no csrc twins):
+    they run on the next backend, with one warning each, and give the reference's loss."""
+    from clipkern.ops import dispatch
+
+    monkeypatch.setattr(dispatch, "_WARNED", set())
+    monkeypatch.setenv("CLIPKERN_BACKEND", "cuda")
+    a, c, s, b, sem = features(6, 8), features(6, 8), torch.tensor(5.0), torch.tensor(-1.0), features(6, 5)
+    with pytest.warns(UserWarning, match="the imsep loss has no 'cuda' implementation"):
+        got = CF.imsep_loss(a, c, sem, s)
+    torch.testing.assert_close(got, CF.imsep_loss(a, c, sem, s, backend="reference"))
+    with pytest.warns(UserWarning, match="the sigmoid loss has no 'cuda' implementation"):
+        got = CF.siglip_loss(a, c, s, b)
+    torch.testing.assert_close(got, CF.siglip_loss(a, c, s, b, backend="reference"))
+    with pytest.raises(clipkern.BackendUnavailable, match="no imsep implementation"):
+        CF.imsep_loss(a, c, sem, s, backend="cuda")  # named explicitly: a clear error
 
 
 def test_modules_check_batch_match():

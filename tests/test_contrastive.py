@@ -124,7 +124,7 @@ def _ds_matrix(x, y, scale, g_row, g_col):
     """The backward's dS workspace (s·dS) for one chunk, straight from the dS kernel."""
     from clipkern.ops.base import tile_config
     from clipkern.ops.contrastive.triton_kernels import _contrastive_ds_kernel
-    from clipkern.ops.contrastive.triton_ops import contrastive_fwd
+    from clipkern.ops.contrastive.triton_launchers import contrastive_fwd
 
     stats = contrastive_fwd(x, y, scale)
     (M, D), N = x.shape, y.shape[0]

@@ -121,7 +121,7 @@ def _loss_and_grads(B=150, D=45, K=13, dtype=F32, scale=100.0):
 
 def _count_chunks(monkeypatch):
     """Counts the E-kernel launches (one per workspace chunk) of the IMSep backward."""
-    from clipkern.ops.imsep import triton_ops
+    from clipkern.ops.imsep import triton_launchers as triton_ops
 
     calls = []
 

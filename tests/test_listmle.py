@@ -134,7 +134,7 @@ def test_rows_longer_than_a_block_fall_back_to_the_reference(monkeypatch):
 
 
 def test_launcher_refuses_rows_longer_than_the_limit():
-    from clipkern.ops.ranking.triton_ops import listmle_rows_fwd
+    from clipkern.ops.ranking.triton_launchers import listmle_rows_fwd
 
     long = torch.zeros(1, ranking.MATRIX_MAX_N + 1)
     with pytest.raises(ValueError, match="MATRIX_MAX_N"):

@@ -122,7 +122,7 @@ def test_fused_path_matches_matrix_path_and_reference(term, dtype):
 def test_fused_backward_in_row_chunks(monkeypatch):
     """The fused backward forms dS a bounded chunk of rows at a time; several chunks (the last one
     short) give the same gradients as one."""
-    from clipkern.ops.ranking import triton_ops
+    from clipkern.ops.ranking import triton_launchers as triton_ops
 
     inputs = _inputs(100, 24, 40.0, F32)
     fn = _module_fn(True)
@@ -266,7 +266,7 @@ from triton.compiler import ASTSource
 sys.path.insert(0, "tests")
 from sm90_compile import TARGET, ptxas_report  # noqa: E402
 from clipkern.ops.ranking import FUSED_MAX_N, triton_kernels as rk  # noqa: E402
-from clipkern.ops.ranking.triton_ops import ranking_blocks  # noqa: E402
+from clipkern.ops.ranking.triton_launchers import ranking_blocks  # noqa: E402
 
 DTYPES = {torch.bfloat16: "bf16", torch.float32: "fp32"}
 CASES = [("matrix", 1024, torch.bfloat16), ("fused", FUSED_MAX_N, torch.bfloat16),
@@ -296,7 +296,7 @@ for path, n, dtype in CASES:
 def test_kernels_compile_for_sm90_without_spills():
     """The GPU compiler rejects things the interpreter accepts: compile the ListMLE kernels for
     sm_90a (no GPU needed) with the blocks clipkern launches there, at the largest spill-free sizes
-    claimed in triton_ops.ranking_blocks, and require ptxas to report no register spills."""
+    claimed in triton_launchers.ranking_blocks, and require ptxas to report no register spills."""
     import os
     import subprocess
     import sys

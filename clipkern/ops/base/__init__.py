@@ -211,7 +211,7 @@ def tile_config(rows: int, cols: int, width: int, device: torch.device, dtype: t
 
 # ---------------------------------------------------------------- the csrc extension's ops (backend="cuda")
 def extension_ops():
-    """torch.ops.clipkern with the csrc extension loaded (each family's cuda_ops.py imports it once);
+    """torch.ops.clipkern with the csrc extension loaded (each family's extension_ops.py imports it once);
     BackendUnavailable with the reason when it cannot be loaded."""
     if _extension.load() is None:
         raise BackendUnavailable(f"backend='cuda' is unavailable: {_extension.unavailable_reason()}")

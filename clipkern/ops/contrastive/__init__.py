@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .. import dispatch
 from ..base import positive_logits, zero_grad_term
 from . import reference
 
@@ -18,7 +19,7 @@ def triton_contrastive_lse(x: Tensor, y: Tensor, scale: Tensor) -> tuple[Tensor,
 
     Gradients are defined for lse: the max outputs are marked non-differentiable, so use them only
     as `max + logsum` (their split merely keeps the backward's exp arguments small and exact)."""
-    from .triton_ops import contrastive_fwd
+    from .triton_launchers import contrastive_fwd
 
     return contrastive_fwd(x, y, scale)
 
@@ -33,7 +34,7 @@ def _(x, y, scale):
 def triton_contrastive_lse_bwd(x: Tensor, y: Tensor, scale: Tensor, row_max: Tensor, row_logsum: Tensor,
                                col_max: Tensor, col_logsum: Tensor, g_row: Tensor,
                                g_col: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    from .triton_ops import contrastive_bwd
+    from .triton_launchers import contrastive_bwd
 
     return contrastive_bwd(x, y, scale, row_max, row_logsum, col_max, col_logsum, g_row, g_col)
 
@@ -51,7 +52,7 @@ def lse_setup_context(ctx, inputs, output):
 
 
 def lse_backward(bwd_op):
-    """The autograd backward of an lse op (Triton's here, the csrc one in cuda_ops.py) over its bwd op."""
+    """The autograd backward of an lse op (Triton's here, the csrc one in extension_ops.py) over its bwd op."""
     def backward(ctx, _g_row_max, g_row, _g_col_max, g_col):
         x, y, scale, row_max, row_logsum, col_max, col_logsum = ctx.saved_tensors
         g_row = torch.zeros_like(row_logsum) if g_row is None else g_row
@@ -70,7 +71,7 @@ def triton_clip_loss(x: Tensor, y: Tensor, scale: Tensor, labels: Optional[Tenso
     """The whole mean contrastive loss in two kernels and one sum: (loss, row_max, row_logsum,
     col_max, col_logsum, label_counts). labels None means row i's positive is column i. Only the
     loss is differentiable; the rest is what the backward needs."""
-    from .triton_ops import clip_loss_fwd
+    from .triton_launchers import clip_loss_fwd
 
     return clip_loss_fwd(x, y, scale, labels, symmetric)
 
@@ -88,7 +89,7 @@ def _(x, y, scale, labels, symmetric):
 def triton_clip_loss_bwd(x: Tensor, y: Tensor, scale: Tensor, labels: Optional[Tensor], row_max: Tensor,
                          row_logsum: Tensor, col_max: Tensor, col_logsum: Tensor, counts: Tensor, g: Tensor,
                          symmetric: bool) -> tuple[Tensor, Tensor, Tensor]:
-    from .triton_ops import clip_loss_bwd
+    from .triton_launchers import clip_loss_bwd
 
     return clip_loss_bwd(x, y, scale, labels, row_max, row_logsum, col_max, col_logsum, counts, g, symmetric)
 
@@ -120,33 +121,42 @@ def lse_op(backend: str):
     """The fused (row_max, row_logsum, col_max, col_logsum) op of a backend: the Triton custom op, or
     its csrc twin for backend="cuda" (imported, and the extension loaded, on first use)."""
     if backend == "cuda":
-        from .cuda_ops import cuda_contrastive_lse
+        from .extension_ops import cuda_contrastive_lse
 
         return cuda_contrastive_lse
     return triton_contrastive_lse
 
 
-def contrastive_loss(a: Tensor, c: Tensor, scale: Tensor, bias: Tensor | None, labels: Tensor | None,
-                     symmetric: bool, backend: str) -> Tensor:
-    """Mean softmax-contrastive loss of S = scale·a cᵀ (+ bias) with positives (i, labels[i])
-    (labels None: (i, i), which needs rows ≤ columns).
+def reference_loss(a: Tensor, c: Tensor, scale: Tensor, bias: Tensor | None, labels: Tensor | None,
+                   symmetric: bool) -> Tensor:
+    labels = torch.arange(a.shape[0], device=a.device) if labels is None else labels
+    return reference.contrastive_loss(a, c, scale, bias, labels, symmetric)
 
-    symmetric=True averages the row and column directions (CLIP); False gives the row direction
-    only (one half of open_clip's local loss). Inputs are validated by the caller.
-    """
-    if labels is None and backend != "triton":
-        labels = torch.arange(a.shape[0], device=a.device)
-    if backend == "reference":
-        return reference.contrastive_loss(a, c, scale, bias, labels, symmetric)
-    if backend == "triton":
-        loss = triton_clip_loss(a, c, scale.float(), labels, symmetric)[0]
-        return loss + zero_grad_term(bias)
-    if backend != "cuda":
-        raise ValueError(f"no {backend!r} implementation of the contrastive loss")
-    row_max, row_logsum, col_max, col_logsum = lse_op(backend)(a, c, scale.float())
+
+def triton_loss(a: Tensor, c: Tensor, scale: Tensor, bias: Tensor | None, labels: Tensor | None,
+                symmetric: bool) -> Tensor:
+    return triton_clip_loss(a, c, scale.float(), labels, symmetric)[0] + zero_grad_term(bias)
+
+
+def extension_loss(a: Tensor, c: Tensor, scale: Tensor, bias: Tensor | None, labels: Tensor | None,
+                   symmetric: bool) -> Tensor:
+    labels = torch.arange(a.shape[0], device=a.device) if labels is None else labels
+    row_max, row_logsum, col_max, col_logsum = lse_op("cuda")(a, c, scale.float())
     row_lse, col_lse = row_max + row_logsum, col_max + col_logsum
     pos = positive_logits(a, c, labels, scale)
     loss = (row_lse - pos).mean()
     if symmetric:
         loss = (loss + (col_lse.index_select(0, labels) - pos).mean()) / 2
     return loss + zero_grad_term(bias)
+
+
+def contrastive_loss(a: Tensor, c: Tensor, scale: Tensor, bias: Tensor | None, labels: Tensor | None,
+                     symmetric: bool, backend: str) -> Tensor:
+    """Mean softmax-contrastive loss of S = scale·a cᵀ (+ bias) with positives (i, labels[i])
+    (labels None: (i, i), which needs rows ≤ columns). symmetric=True averages the row and column
+    directions (CLIP); False gives the row direction only (one half of open_clip's local loss).
+    Inputs are validated by the caller; the backend's implementation comes from ops/dispatch.py."""
+    return dispatch.run("contrastive", backend, a, c, scale, bias, labels, symmetric)
+
+
+dispatch.bind("contrastive", globals())

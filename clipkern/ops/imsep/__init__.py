@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ... import _backend
+from .. import dispatch
 
 from . import reference
 
@@ -18,7 +18,7 @@ def triton_imsep_loss(x: Tensor, u_hat: Tensor, diag: Tensor,
     column (max, log-sum) of its logits (M is symmetric, so both describe the same softmax; the
     backward needs both): (loss, row_max, row_logsum, col_max, col_logsum), all fp32. Only the loss
     is differentiable (in x, diag and scale; u_hat is a constant)."""
-    from .triton_ops import imsep_loss_fwd
+    from .triton_launchers import imsep_loss_fwd
 
     return imsep_loss_fwd(x, u_hat, diag, scale)
 
@@ -34,7 +34,7 @@ def triton_imsep_loss_bwd(x: Tensor, u_hat: Tensor, diag: Tensor, scale: Tensor,
                           row_logsum: Tensor, col_max: Tensor, col_logsum: Tensor,
                           g: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(dX, ∂L/∂diag, ∂L/∂scale) given the loss's upstream gradient g."""
-    from .triton_ops import imsep_loss_bwd
+    from .triton_launchers import imsep_loss_bwd
 
     return imsep_loss_bwd(x, u_hat, diag, scale, row_max, row_logsum, col_max, col_logsum, g)
 
@@ -60,14 +60,20 @@ def _backward(ctx, g, *_stat_grads):
 triton_imsep_loss.register_autograd(_backward, setup_context=_setup_context)
 
 
-def imsep_single(x: Tensor, y: Tensor, semantic: Tensor, scale: Tensor, backend: str) -> Tensor:
-    """CE_rows(s·M) for one modality (x = its features, y = the other modality's)."""
-    if backend == "reference":
-        return reference.imsep_single(x, y, semantic, scale)
-    if backend == "cuda":
-        raise _backend.no_cuda_twin("imsep")
-    if backend != "triton":
-        raise ValueError(f"no {backend!r} implementation of the IMSep loss")
+def reference_loss(x: Tensor, y: Tensor, semantic: Tensor, scale: Tensor) -> Tensor:
+    return reference.imsep_single(x, y, semantic, scale)
+
+
+def triton_loss(x: Tensor, y: Tensor, semantic: Tensor, scale: Tensor) -> Tensor:
     u_hat = F.normalize(semantic.detach().float(), dim=1).to(x.dtype)
     diag = (x.float() * y.float()).sum(dim=1)
     return triton_imsep_loss(x, u_hat, diag, scale.float())[0]
+
+
+def imsep_single(x: Tensor, y: Tensor, semantic: Tensor, scale: Tensor, backend: str) -> Tensor:
+    """CE_rows(s·M) for one modality (x = its features, y = the other modality's); the backend's
+    implementation comes from ops/dispatch.py."""
+    return dispatch.run("imsep", backend, x, y, semantic, scale)
+
+
+dispatch.bind("imsep", globals())

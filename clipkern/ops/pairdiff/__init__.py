@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import dispatch
 from ..base import positive_logits
 from ..contrastive import lse_op as contrastive_lse_op
 from . import reference
@@ -17,7 +18,7 @@ from .reference import PAIR_EPS, _masked_mean, difference_vectors
 def triton_pairdiff_lse(a: Tensor, r: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
     """(max, logsum) per text p of L[p, i, j] = scale·(a[p, i] − a[p, j])·r[i, j] over all i ≠ j,
     lse = max + logsum, without the P×N² logits. Only logsum is differentiable: use max + logsum."""
-    from .triton_ops import pairdiff_fwd
+    from .triton_launchers import pairdiff_fwd
 
     return pairdiff_fwd(a, r, scale)
 
@@ -30,7 +31,7 @@ def _(a, r, scale):
 @torch.library.custom_op("clipkern::triton_pairdiff_lse_bwd", mutates_args=())
 def triton_pairdiff_lse_bwd(a: Tensor, r: Tensor, scale: Tensor, lse_max: Tensor, lse_logsum: Tensor,
                             g: Tensor) -> tuple[Tensor, Tensor]:
-    from .triton_ops import pairdiff_bwd
+    from .triton_launchers import pairdiff_bwd
 
     return pairdiff_bwd(a, r, scale, lse_max, lse_logsum, g)
 
@@ -46,7 +47,7 @@ def pairdiff_setup_context(ctx, inputs, output):
 
 
 def pairdiff_backward(bwd_op):
-    """The autograd backward of an all-pairs lse op (Triton's here, the csrc one in cuda_ops.py):
+    """The autograd backward of an all-pairs lse op (Triton's here, the csrc one in extension_ops.py):
     dA = s·u, dR = s·t, ds = Σ t ⊙ r from the bwd op's (u, t)."""
     def backward(ctx, _g_max, g):
         a, r, scale, lse_max, lse_logsum = ctx.saved_tensors
@@ -65,7 +66,7 @@ def pairdiff_lse_op(backend: str):
     """The all-pairs (max, logsum) op of a backend: the Triton custom op, or its csrc twin for
     backend="cuda" (imported, and the extension loaded, on first use)."""
     if backend == "cuda":
-        from .cuda_ops import cuda_pairdiff_lse
+        from .extension_ops import cuda_pairdiff_lse
 
         return cuda_pairdiff_lse
     return triton_pairdiff_lse
@@ -115,13 +116,25 @@ def _all_pairs_triton(text: Tensor, image: Tensor, pairs: Tensor, scale: Tensor,
     return (_masked_mean(text_side, valid) + _masked_mean(pair_side, valid)) / 2
 
 
+def reference_loss(text: Tensor, image: Tensor, pairs: Tensor, scale: Tensor, all_pairs: bool) -> Tensor:
+    fn = reference.all_pairs_loss if all_pairs else reference.listed_pairs_loss
+    return fn(text, image, pairs, scale.to(text.dtype))
+
+
+def triton_loss(text: Tensor, image: Tensor, pairs: Tensor, scale: Tensor, all_pairs: bool) -> Tensor:
+    return (_all_pairs_triton if all_pairs else _listed_triton)(text, image, pairs, scale, "triton")
+
+
+def extension_loss(text: Tensor, image: Tensor, pairs: Tensor, scale: Tensor, all_pairs: bool) -> Tensor:
+    return (_all_pairs_triton if all_pairs else _listed_triton)(text, image, pairs, scale, "cuda")
+
+
 def pairwise_difference_loss(text: Tensor, image: Tensor, pairs: Tensor, scale: Tensor, all_pairs: bool,
                              backend: str) -> Tensor:
-    """Mean PC-CLIP loss (docs/design.md §1.3), listed-pairs or all-pairs form. Inputs are validated by the
-    caller; pairs is a long (P, 2) tensor with entries in [0, N)."""
-    if backend == "reference":
-        fn = reference.all_pairs_loss if all_pairs else reference.listed_pairs_loss
-        return fn(text, image, pairs, scale.to(text.dtype))
-    if backend not in ("triton", "cuda"):
-        raise ValueError(f"no {backend!r} implementation of the pairwise-difference loss")
-    return (_all_pairs_triton if all_pairs else _listed_triton)(text, image, pairs, scale, backend)
+    """Mean PC-CLIP loss (docs/design.md §1.3), listed-pairs or all-pairs form. Inputs are validated by
+    the caller; pairs is a long (P, 2) tensor with entries in [0, N). The backend's implementation
+    comes from ops/dispatch.py (the fused paths share their glue; `cuda` swaps in the csrc ops)."""
+    return dispatch.run("pairdiff", backend, text, image, pairs, scale, all_pairs)
+
+
+dispatch.bind("pairdiff", globals())

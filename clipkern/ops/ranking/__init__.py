@@ -16,10 +16,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .. import dispatch
 from . import reference
 from .reference import DECAYS
 
-# Longest row (columns) each kernel holds on chip; see triton_ops.ranking_blocks. Chosen for
+# Longest row (columns) each kernel holds on chip; see triton_launchers.ranking_blocks. Chosen for
 # H100-class register files (int64 sort keys + fp32 values of whole rows, checked by compiling for
 # sm_90a): the fused kernels compile without spills up to 256 columns, the matrix kernels up to
 # 4096 and with some spills up to 8192.
@@ -32,7 +33,7 @@ FUSED_MAX_N = 256
 def triton_listmle_rows(scores: Tensor, targets: Tensor, decay_log: bool) -> Tensor:
     """Per-row ListMLE ℓ_r (fp32, shape (B,)) of scores against the order of targets (B×N each,
     any strides). Ties in a target row break by column index. targets get no gradient."""
-    from .triton_ops import listmle_rows_fwd
+    from .triton_launchers import listmle_rows_fwd
 
     return listmle_rows_fwd(scores, targets, decay_log)
 
@@ -44,7 +45,7 @@ def _(scores, targets, decay_log):
 
 @torch.library.custom_op("clipkern::triton_listmle_rows_bwd", mutates_args=())
 def triton_listmle_rows_bwd(scores: Tensor, targets: Tensor, g: Tensor, decay_log: bool) -> Tensor:
-    from .triton_ops import listmle_rows_bwd
+    from .triton_launchers import listmle_rows_bwd
 
     return listmle_rows_bwd(scores, targets, g, decay_log)
 
@@ -61,7 +62,7 @@ def rows_setup_context(ctx, inputs, output):
 
 
 def rows_backward(bwd_op):
-    """The autograd backward of a per-row ListMLE op (Triton's here, the csrc one in cuda_ops.py)."""
+    """The autograd backward of a per-row ListMLE op (Triton's here, the csrc one in extension_ops.py)."""
     def backward(ctx, g):
         scores, targets = ctx.saved_tensors
         return bwd_op(scores, targets, g, ctx.decay_log), None, None
@@ -77,7 +78,7 @@ def triton_listmle_features(a: Tensor, c: Tensor, a2: Tensor, c2: Tensor, scale:
                             decay_log: bool) -> Tensor:
     """Per-row ListMLE ℓ_r (fp32, (B,)) of scores scale·a cᵀ against targets scale·a2 c2ᵀ, both
     computed inside the kernel (no B×N matrix). Gradients flow to a, c and scale, never to a2, c2."""
-    from .triton_ops import listmle_features_fwd
+    from .triton_launchers import listmle_features_fwd
 
     return listmle_features_fwd(a, c, a2, c2, scale, decay_log)
 
@@ -90,7 +91,7 @@ def _(a, c, a2, c2, scale, decay_log):
 @torch.library.custom_op("clipkern::triton_listmle_features_bwd", mutates_args=())
 def triton_listmle_features_bwd(a: Tensor, c: Tensor, a2: Tensor, c2: Tensor, scale: Tensor, g: Tensor,
                                 decay_log: bool) -> tuple[Tensor, Tensor, Tensor]:
-    from .triton_ops import listmle_features_bwd
+    from .triton_launchers import listmle_features_bwd
 
     return listmle_features_bwd(a, c, a2, c2, scale, g, decay_log)
 
@@ -116,23 +117,36 @@ triton_listmle_features.register_autograd(_features_backward, setup_context=_fea
 
 
 # ----------------------------------------------------------------------------------- dispatch
-def listmle_loss(scores: Tensor, targets: Tensor, decay: str | None, backend: str) -> Tensor:
-    """mean_r ListMLE(scores[r], order of targets[r]). Inputs are validated by the caller."""
-    if backend == "reference":
-        return reference.listmle_loss(scores, targets, decay)
-    if backend not in ("triton", "cuda"):
-        raise ValueError(f"no {backend!r} implementation of the ListMLE loss")
+def reference_loss(scores: Tensor, targets: Tensor, decay: str | None) -> Tensor:
+    return reference.listmle_loss(scores, targets, decay)
+
+
+def _long_rows(scores: Tensor, targets: Tensor, decay: str | None) -> Tensor:
+    # Long rows: the whole row no longer fits one block. Documented fallback: the reference, in fp32,
+    # with its B×N temporaries.
+    return reference.listmle_loss(scores.float(), targets.float(), decay)
+
+
+def triton_loss(scores: Tensor, targets: Tensor, decay: str | None) -> Tensor:
+    if scores.shape[1] > MATRIX_MAX_N:
+        return _long_rows(scores, targets, decay)
+    return triton_listmle_rows(scores, targets.detach(), decay == "log").mean()
+
+
+def extension_loss(scores: Tensor, targets: Tensor, decay: str | None) -> Tensor:
     # The CUDA kernel holds a row in one block's shared memory up to 8192 columns (csrc/cuda/listmle.cuh);
     # the C++ CPU implementation has no limit.
-    if backend == "cuda" and (scores.device.type != "cuda" or scores.shape[1] <= MATRIX_MAX_N):
-        from .cuda_ops import cuda_listmle_rows
+    if scores.device.type == "cuda" and scores.shape[1] > MATRIX_MAX_N:
+        return _long_rows(scores, targets, decay)
+    from .extension_ops import cuda_listmle_rows
 
-        return cuda_listmle_rows(scores, targets.detach(), decay == "log").mean()
-    if scores.shape[1] > MATRIX_MAX_N:
-        # Long rows: the whole row no longer fits one block. Documented fallback: the reference,
-        # in fp32, with its B×N temporaries.
-        return reference.listmle_loss(scores.float(), targets.float(), decay)
-    return triton_listmle_rows(scores, targets.detach(), decay == "log").mean()
+    return cuda_listmle_rows(scores, targets.detach(), decay == "log").mean()
+
+
+def listmle_loss(scores: Tensor, targets: Tensor, decay: str | None, backend: str) -> Tensor:
+    """mean_r ListMLE(scores[r], order of targets[r]). Inputs are validated by the caller; the
+    backend's implementation comes from ops/dispatch.py."""
+    return dispatch.run("ranking", backend, scores, targets, decay)
 
 
 def fused_applies(batch: int, backend: str) -> bool:
@@ -176,3 +190,6 @@ def rankclip_terms(image: Tensor, text: Tensor, scale: Tensor, decay: str | None
 
 __all__ = ["DECAYS", "FUSED_MAX_N", "MATRIX_MAX_N", "listmle_loss", "rankclip_terms", "triton_listmle_features",
            "triton_listmle_rows"]
+
+
+dispatch.bind("ranking", globals())
