@@ -69,10 +69,18 @@ def col_stats_merge(col_m_ptr, col_l_ptr, s, offs_n, mask_m, mask_n):
 
 
 @triton.jit
-def col_stats_first_or_merge(col_m_ptr, col_l_ptr, v, scale, s, offs_n, mask_m, mask_n, first):
-    """Column statistics of a tile's valid rows (exponents fma(v, scale, −m)), stored on the first
-    visit or merged into the partials that this program owns."""
-    t_m = tl.max(tl.where(mask_m[:, None], s, float("-inf")), axis=0)
+def scaled_max(raw, scale, mask, axis: tl.constexpr):
+    """max over `axis` of the rounded products scale·raw where `mask`, without forming them: rounding
+    is monotone and odd, so it is |scale|·max(±raw) bit for bit (one fewer live tile of registers)."""
+    signed = tl.where(scale >= 0, raw, -raw)
+    return tl.max(tl.where(mask, signed, float("-inf")), axis=axis) * tl.abs(scale)
+
+
+@triton.jit
+def col_stats_first_or_merge(col_m_ptr, col_l_ptr, v, scale, offs_n, mask_m, mask_n, first):
+    """Column statistics of a tile's valid rows (max of scale·v; exponents fma(v, scale, −m)), stored
+    on the first visit or merged into the partials that this program owns."""
+    t_m = scaled_max(v, scale, mask_m[:, None], 0)
     safe = tl.where(t_m == float("-inf"), 0.0, t_m)
     t_l = tl.sum(tl.where(mask_m[:, None], tl.exp(tl.fma(v, scale, -safe[None, :])), 0.0), axis=0)
     if first:

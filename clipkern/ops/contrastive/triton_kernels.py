@@ -33,7 +33,7 @@ cuBLAS GEMMs (4·M·N·D FLOPs; ops/base.chunked_input_grads). Workspace offsets
 import triton
 import triton.language as tl
 
-from ..base.triton_tiles import col_stats_first_or_merge, merge_splits, split_ranges, tile_dot
+from ..base.triton_tiles import col_stats_first_or_merge, merge_splits, scaled_max, split_ranges, tile_dot
 
 
 @triton.jit
@@ -62,19 +62,18 @@ def _contrastive_fwd_kernel(
             mask_n = offs_n < N
             raw = tile_dot(x_ptr, y_ptr, offs_m, offs_n, mask_m, mask_n, D, stride_x, stride_y,
                            BLOCK_M, BLOCK_N, BLOCK_K, INTERPRETED, PRECISION)
-            s = raw * scale
-            # row statistics, exponents as fma(raw, s, −m)
-            m_new = tl.maximum(m_i, tl.max(tl.where(mask_n[None, :], s, float("-inf")), axis=1))
+            # row statistics: max of the rounded s·raw, exponents as fma(raw, s, −m)
+            m_new = tl.maximum(m_i, scaled_max(raw, scale, mask_n[None, :], 1))
             p = tl.exp(tl.fma(raw, scale, -m_new[:, None]))
             l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.where(mask_n[None, :], p, 0.0), axis=1)
             m_i = m_new
             if COLS:
-                col_stats_first_or_merge(col_m_part_ptr + pid_r * N, col_l_part_ptr + pid_r * N, raw, scale, s, offs_n,
+                col_stats_first_or_merge(col_m_part_ptr + pid_r * N, col_l_part_ptr + pid_r * N, raw, scale, offs_n,
                                     mask_m, mask_n, rb == rb_start)
             # the positive S[i, y_i] lives in exactly one column tile
             hit = offs_n[None, :] == lab[:, None]
             in_tile = mask_m & (lab >= cb * BLOCK_N) & (lab < cb * BLOCK_N + BLOCK_N)
-            tl.store(pos_ptr + offs_m, tl.sum(tl.where(hit, s, 0.0), axis=1), mask=in_tile)
+            tl.store(pos_ptr + offs_m, tl.sum(tl.where(hit, raw, 0.0), axis=1) * scale, mask=in_tile)
         tl.store(row_m_part_ptr + pid_c * M + offs_m, m_i, mask=mask_m)
         tl.store(row_l_part_ptr + pid_c * M + offs_m, l_i, mask=mask_m)
 

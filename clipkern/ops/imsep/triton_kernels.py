@@ -10,7 +10,7 @@ Every exponent of M is formed as fma(V, s, −m): one rounding, the same in the 
 backward (the compiler cannot contract s·V − m differently in the two). The backward launches its
 E kernel with the forward's BLOCK_K, so R and W accumulate in the same order and the recomputed V
 equals the forward's bit for bit: P is consistent with the forward's statistics (a different K step
-costs ~10× the fp32 gradient error at s = 100). The max itself is taken over the product s·V.
+costs ~10× the fp32 gradient error at s = 100). The max is that of the rounded products s·V (base.scaled_max).
 
 Forward (`_imsep_fwd_kernel`): the (row_splits × col_splits) grid walks each program's rectangle of
 tiles, both dot products per tile (2B²D + 2B²K FLOPs), the diagonal overridden by d, and keeps
@@ -40,7 +40,7 @@ feature dtype, chunk rows a multiple of the E tile within the budget of ops/base
 import triton
 import triton.language as tl
 
-from ..base.triton_tiles import col_stats_first_or_merge, merge_splits, split_ranges, tile_dot
+from ..base.triton_tiles import col_stats_first_or_merge, merge_splits, scaled_max, split_ranges, tile_dot
 
 
 @triton.jit
@@ -79,13 +79,12 @@ def _imsep_fwd_kernel(
             v, _ = _imsep_products(x_ptr, u_ptr, offs_m, offs_n, mask_m, mask_n, D, K, stride_x, stride_u,
                                    BLOCK_M, BLOCK_N, BLOCK_K, INTERPRETED, PRECISION)
             v = tl.where(offs_m[:, None] == offs_n[None, :], d_m[:, None], v)
-            s = v * scale
-            m_new = tl.maximum(m_i, tl.max(tl.where(mask_n[None, :], s, float("-inf")), axis=1))
+            m_new = tl.maximum(m_i, scaled_max(v, scale, mask_n[None, :], 1))
             p = tl.exp(tl.fma(v, scale, -m_new[:, None]))
             l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.where(mask_n[None, :], p, 0.0), axis=1)
             m_i = m_new
-            col_stats_first_or_merge(col_m_part_ptr + pid_r * B, col_l_part_ptr + pid_r * B, v, scale, s, offs_n,
-                                mask_m, mask_n, rb == rb_start)
+            col_stats_first_or_merge(col_m_part_ptr + pid_r * B, col_l_part_ptr + pid_r * B, v, scale, offs_n,
+                                     mask_m, mask_n, rb == rb_start)
         tl.store(row_m_part_ptr + pid_c * B + offs_m, m_i, mask=mask_m)
         tl.store(row_l_part_ptr + pid_c * B + offs_m, l_i, mask=mask_m)
 
