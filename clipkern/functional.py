@@ -52,8 +52,6 @@ def _clip(a, c, logit_scale, logit_bias, labels, symmetric, backend, names, trus
 def _siglip(a, c, logit_scale, logit_bias, labels, backend, trusted=False):
     scale, bias, labels, be = _prepare("image_features", a, "text_features", c, logit_scale, logit_bias, labels,
                                        backend, "sigmoid", trusted)
-    if labels is None:
-        labels = torch.arange(a.shape[0], device=a.device)
     return _out(_sigmoid(a, c, scale, bias, labels, be))
 
 

@@ -121,9 +121,8 @@ class SigLipLoss(_LabelCache, nn.Module):
             labels = self._labels(device, rows, offset=rows * self.rank)
             loss = F._siglip(image_features, all_text, logit_scale, logit_bias, labels, self.backend, trusted=True)
         else:
-            labels = self._labels(device, rows)
-            loss = F._siglip(image_features, text_features, logit_scale, logit_bias, labels, self.backend,
-                             trusted=True)
+            # positives (i, i): built by the kernels (no label tensor, no check)
+            loss = F._siglip(image_features, text_features, logit_scale, logit_bias, None, self.backend)
         return {"contrastive_loss": loss} if output_dict else loss
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import clipkern
-from clipkern.ops.contrastive import triton_contrastive_lse
-from clipkern.ops.sigmoid import triton_sigmoid_rows
+from clipkern.ops.contrastive import triton_clip_loss, triton_clip_loss_bwd, triton_contrastive_lse
+from clipkern.ops.sigmoid import triton_sigmoid_loss, triton_sigmoid_loss_bwd
 from helpers import assert_compile_matches_eager, features
 
 
@@ -23,10 +23,25 @@ def test_opcheck_contrastive(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
-def test_opcheck_sigmoid(dtype):
+@pytest.mark.parametrize("labels", [False, True], ids=["implicit", "labels"])
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "rows"])
+def test_opcheck_clip_loss(dtype, labels, symmetric):
+    lab = torch.randperm(70)[:9] if labels else None
+    args = (_leaf(features(9, 20, dtype)), _leaf(features(70, 20, dtype)), _leaf(torch.tensor(7.0)), lab, symmetric)
+    torch.library.opcheck(triton_clip_loss, args)
+    out = triton_clip_loss(*[a.detach() if isinstance(a, torch.Tensor) else a for a in args])
+    torch.library.opcheck(triton_clip_loss_bwd, (*[a.detach() if isinstance(a, torch.Tensor) else a for a in args[:4]],
+                                                 *out[1:], torch.tensor(0.7), symmetric))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("bias,labels", [(True, True), (False, False)], ids=["bias-labels", "plain"])
+def test_opcheck_sigmoid(dtype, bias, labels):
     args = (_leaf(features(9, 20, dtype)), _leaf(features(70, 20, dtype)), _leaf(torch.tensor(7.0)),
-            _leaf(torch.tensor(-3.0)), torch.randperm(70)[:9])
-    torch.library.opcheck(triton_sigmoid_rows, args)
+            _leaf(torch.tensor(-3.0)) if bias else None, torch.randperm(70)[:9] if labels else None)
+    torch.library.opcheck(triton_sigmoid_loss, args)
+    plain = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+    torch.library.opcheck(triton_sigmoid_loss_bwd, (*plain, torch.tensor(1.3)))
 
 
 @pytest.mark.slow

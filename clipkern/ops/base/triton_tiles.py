@@ -46,29 +46,6 @@ def split_ranges(M, N, row_blocks_per_split, col_blocks_per_split,
 
 
 @triton.jit
-def row_stats_update(m_i, l_i, s, mask_n):
-    """Online softmax statistics along a tile's rows: running max m_i, running Σ exp(s − m_i)."""
-    s_r = tl.where(mask_n[None, :], s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s_r, axis=1))
-    l_new = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(s_r - m_new[:, None]), axis=1)
-    return m_new, l_new
-
-
-@triton.jit
-def col_stats_merge(col_m_ptr, col_l_ptr, s, offs_n, mask_m, mask_n):
-    """Merge a tile's column statistics (over its valid rows) into partials held in global memory.
-    The caller owns those partial columns exclusively (no atomics)."""
-    s_c = tl.where(mask_m[:, None], s, float("-inf"))
-    t_m = tl.max(s_c, axis=0)
-    t_l = tl.sum(tl.exp(s_c - t_m[None, :]), axis=0)
-    p_m = tl.load(col_m_ptr + offs_n, mask=mask_n, other=float("-inf"))
-    p_l = tl.load(col_l_ptr + offs_n, mask=mask_n, other=0.0)
-    n_m = tl.maximum(p_m, t_m)
-    tl.store(col_m_ptr + offs_n, n_m, mask=mask_n)
-    tl.store(col_l_ptr + offs_n, p_l * tl.exp(p_m - n_m) + t_l * tl.exp(t_m - n_m), mask=mask_n)
-
-
-@triton.jit
 def scaled_max(raw, scale, mask, axis: tl.constexpr):
     """max over `axis` of the rounded products scale·raw where `mask`, without forming them: rounding
     is monotone and odd, so it is |scale|·max(±raw) bit for bit (one fewer live tile of registers)."""
@@ -108,23 +85,6 @@ def merge_splits(m_part_ptr, l_part_ptr, offs, mask, length, splits, BLOCK: tl.c
         pl = tl.load(l_part_ptr + k * length + offs, mask=mask, other=0.0)
         l += pl * tl.exp(pm - safe)
     return m, tl.log(tl.where(mask, l, 1.0))
-
-
-@triton.jit
-def load_block(ptr, offs_r, offs_c, mask_r, mask_c, stride, INTERPRETED: tl.constexpr):
-    """A (rows × cols) block of a row-major matrix, zero outside the bounds."""
-    v = tl.load(ptr + offs_r[:, None] * stride + offs_c[None, :],
-                mask=mask_r[:, None] & mask_c[None, :], other=0.0)
-    if INTERPRETED:
-        v = v.to(tl.float32)
-    return v
-
-
-@triton.jit
-def store_block(ptr, vals, offs_r, offs_c, mask_r, mask_c, stride):
-    """Store a (rows × cols) block into a row-major matrix, cast to its element type."""
-    tl.store(ptr + offs_r[:, None] * stride + offs_c[None, :], vals.to(ptr.dtype.element_ty),
-             mask=mask_r[:, None] & mask_c[None, :])
 
 
 def dot_precision(dtype, interpret: bool) -> str:

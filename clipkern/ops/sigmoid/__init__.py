@@ -1,63 +1,75 @@
-"""Sigmoid contrastive (SigLIP) family: custom ops over the fused Triton kernels, autograd and
-dispatch. Math: see reference.py and triton_kernels.py."""
+"""Sigmoid contrastive (SigLIP) family: the fused loss as a torch.library custom op over the Triton
+kernels, its autograd, and the family's implementations for ops/dispatch.py. Math: reference.py and
+triton_kernels.py."""
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from torch import Tensor
 
-from ... import _backend
-
+from .. import dispatch
 from . import reference
 
 
-@torch.library.custom_op("clipkern::triton_sigmoid_rows", mutates_args=())
-def triton_sigmoid_rows(x: Tensor, y: Tensor, scale: Tensor, bias: Tensor, labels: Tensor) -> Tensor:
-    """Per-row SigLIP loss ℓ[i] = Σ_j −log σ(z_ij (scale·x_i·y_j + bias)), without the B×N matrix."""
-    from .triton_ops import sigmoid_fwd
+@torch.library.custom_op("clipkern::triton_sigmoid_loss", mutates_args=())
+def triton_sigmoid_loss(x: Tensor, y: Tensor, scale: Tensor, bias: Optional[Tensor],
+                        labels: Optional[Tensor]) -> Tensor:
+    """Mean SigLIP loss −Σ_ij log σ(z_ij (scale·x_i·y_j + bias)) / M without the M×N matrix (fp32 0-d).
+    bias None: no bias; labels None: row i's positive is column i."""
+    from .triton_launchers import sigmoid_loss_fwd
 
-    return sigmoid_fwd(x, y, scale, bias, labels)
+    return sigmoid_loss_fwd(x, y, scale, bias, labels)
 
 
-@triton_sigmoid_rows.register_fake
+@triton_sigmoid_loss.register_fake
 def _(x, y, scale, bias, labels):
-    return x.new_empty(x.shape[0], dtype=torch.float32)
+    return x.new_empty((), dtype=torch.float32)
 
 
-@torch.library.custom_op("clipkern::triton_sigmoid_rows_bwd", mutates_args=())
-def triton_sigmoid_rows_bwd(x: Tensor, y: Tensor, scale: Tensor, bias: Tensor, labels: Tensor,
+@torch.library.custom_op("clipkern::triton_sigmoid_loss_bwd", mutates_args=())
+def triton_sigmoid_loss_bwd(x: Tensor, y: Tensor, scale: Tensor, bias: Optional[Tensor], labels: Optional[Tensor],
                             g: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    from .triton_ops import sigmoid_bwd
+    from .triton_launchers import sigmoid_loss_bwd
 
-    return sigmoid_bwd(x, y, scale, bias, labels, g)
+    return sigmoid_loss_bwd(x, y, scale, bias, labels, g)
 
 
-@triton_sigmoid_rows_bwd.register_fake
+@triton_sigmoid_loss_bwd.register_fake
 def _(x, y, scale, bias, labels, g):
-    return torch.empty_like(x), torch.empty_like(y), scale.new_empty(()), bias.new_empty(())
+    f32 = torch.float32
+    return x.new_empty(x.shape), y.new_empty(y.shape), x.new_empty((), dtype=f32), x.new_empty((), dtype=f32)
 
 
 def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
+    x, y, scale, bias, labels = inputs
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(x, y, scale, bias, labels)
 
 
 def _backward(ctx, g):
     x, y, scale, bias, labels = ctx.saved_tensors
-    dx, dy, dscale, dbias = triton_sigmoid_rows_bwd(x, y, scale, bias, labels, g)
-    return dx, dy, dscale.to(scale.dtype), dbias.to(bias.dtype), None
+    dx, dy, dscale, dbias = triton_sigmoid_loss_bwd(x, y, scale, bias, labels, g)
+    return dx, dy, dscale.to(scale.dtype), dbias.to(bias.dtype) if ctx.has_bias else None, None
 
 
-triton_sigmoid_rows.register_autograd(_backward, setup_context=_setup_context)
+triton_sigmoid_loss.register_autograd(_backward, setup_context=_setup_context)
 
 
-def sigmoid_loss(a: Tensor, c: Tensor, scale: Tensor, bias: Tensor | None, labels: Tensor,
+def reference_loss(a: Tensor, c: Tensor, scale: Tensor, bias: Tensor | None, labels: Tensor | None) -> Tensor:
+    labels = torch.arange(a.shape[0], device=a.device) if labels is None else labels
+    return reference.sigmoid_loss(a, c, scale, bias, labels)
+
+
+def triton_loss(a: Tensor, c: Tensor, scale: Tensor, bias: Tensor | None, labels: Tensor | None) -> Tensor:
+    return triton_sigmoid_loss(a, c, scale.float(), None if bias is None else bias.float(), labels)
+
+
+def sigmoid_loss(a: Tensor, c: Tensor, scale: Tensor, bias: Tensor | None, labels: Tensor | None,
                  backend: str) -> Tensor:
-    """−Σ_ij log σ(z_ij L_ij) / B with L = scale·a cᵀ + bias and positives (i, labels[i])."""
-    if backend == "reference":
-        return reference.sigmoid_loss(a, c, scale, bias, labels)
-    if backend == "cuda":
-        raise _backend.no_cuda_twin("sigmoid")
-    if backend != "triton":
-        raise ValueError(f"no {backend!r} implementation of the sigmoid loss")
-    b = torch.zeros((), device=a.device) if bias is None else bias.float()
-    rows = triton_sigmoid_rows(a, c, scale.float(), b, labels)
-    return rows.sum() / a.shape[0]
+    """−Σ_ij log σ(z_ij L_ij) / B with L = scale·a cᵀ + bias and positives (i, labels[i]) (labels
+    None: (i, i)). The backend's implementation comes from ops/dispatch.py."""
+    return dispatch.run("sigmoid", backend, a, c, scale, bias, labels)
+
+
+dispatch.bind("sigmoid", globals())
