@@ -48,61 +48,58 @@ def new_output(shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> t
 
 @dataclass(frozen=True)
 class Blocks:
-    """One kernel's blocks: square (rows = columns) tiles of `tile`, `k` wide slices of the
-    reduction, `d` wide slices of the output (backward only), and the launch's warps/stages."""
+    """One kernel's blocks: `rows` × `cols` tiles, `k`-wide steps through the reduction, and the
+    launch's warps and pipeline stages."""
 
-    tile: int
+    rows: int
+    cols: int
     k: int
-    d: int
     num_warps: int
     num_stages: int
 
 
 @dataclass(frozen=True)
 class TileConfig:
-    """Blocks for the forward and backward kernels and the forward's 2-D split.
+    """Blocks of the forward and the backward's dS kernel, and the forward's 2-D split.
 
-    GPU values: chosen so that ptxas reports no register spills for sm_90a (checked statically
-    by compiling every kernel for sm_90a without a GPU; not yet timed on one). The CPU interpreter
-    prefers few, large blocks (numpy does the work per block) and uses one block set for both.
+    The dS kernel steps through D with the forward's BLOCK_K (its recomputed S then sums the products
+    in the forward's order). GPU values come from the sm_90a compile (see tile_config); the CPU
+    interpreter prefers few, large blocks (numpy does the work per block).
     """
 
     fwd: Blocks
-    bwd: Blocks
+    ds: Blocks
     row_splits: int
     col_splits: int
-    ds: Blocks = None  # the backward's dS kernel: (tile × tile) tiles of dS, each recomputed once
-
 
     @property
     def interpret(self) -> bool:
         return interpreter_enabled()
 
-    def kernel_args(self, dtype: torch.dtype, *, backward: bool = False, ds: bool = False) -> dict:
+    def kernel_args(self, dtype: torch.dtype, *, ds: bool = False) -> dict:
         """The constexpr and launch arguments every family's kernels take (ds=True: the dS kernel)."""
         from .triton_tiles import dot_precision
 
-        b = self.ds if ds else self.bwd if backward else self.fwd
-        args = dict(BLOCK_M=b.tile, BLOCK_N=b.tile, BLOCK_K=b.k, INTERPRETED=self.interpret,
+        b = self.ds if ds else self.fwd
+        return dict(BLOCK_M=b.rows, BLOCK_N=b.cols, BLOCK_K=b.k, INTERPRETED=self.interpret,
                     PRECISION=dot_precision(dtype, self.interpret), num_warps=b.num_warps, num_stages=b.num_stages)
-        if backward and not ds:
-            args["BLOCK_D"] = b.d
-        return args
 
     def ds_grid(self, rows: int, cols: int):
         """dS kernel grid for a chunk of `rows` rows: one program per (row tile, column tile)."""
-        return math.ceil(rows / self.ds.tile), math.ceil(cols / self.ds.tile)
+        return math.ceil(rows / self.ds.rows), math.ceil(cols / self.ds.cols)
+
+    def ds_slot(self, r0: int, cols: int) -> int:
+        """Index of the first dS program of the chunk starting at row r0 (r0 a multiple of the row
+        tile), in the row-major order of the whole matrix's dS grid: per-program partials of the
+        chunks then fill one buffer of ds_grid(rows, cols) slots."""
+        return (r0 // self.ds.rows) * self.ds_grid(1, cols)[1]
 
     def split_grid(self, rows: int, cols: int):
         """Forward grid (row splits, column splits) with no empty split, and blocks per split."""
-        row_blocks, col_blocks = math.ceil(rows / self.fwd.tile), math.ceil(cols / self.fwd.tile)
+        row_blocks, col_blocks = math.ceil(rows / self.fwd.rows), math.ceil(cols / self.fwd.cols)
         rows_per = math.ceil(row_blocks / self.row_splits)
         cols_per = math.ceil(col_blocks / self.col_splits)
         return (math.ceil(row_blocks / rows_per), math.ceil(col_blocks / cols_per)), rows_per, cols_per
-
-    def slice_grid(self, rows: int, width: int):
-        """Backward grid: one program per (row block, BLOCK_D slice of the output)."""
-        return math.ceil(rows / self.bwd.tile), math.ceil(width / self.bwd.d)
 
 
 INT32_MAX = 2**31 - 1
@@ -176,37 +173,36 @@ def _pow2(n: int, lo: int, hi: int) -> int:
 
 def tile_config(rows: int, cols: int, width: int, device: torch.device, dtype: torch.dtype = torch.bfloat16,
                 *, dots_per_tile: int = 1) -> TileConfig:
-    """Blocks and the forward's (row_splits × col_splits) split so that even B = 4096 fills the GPU.
+    """Blocks and the forward's (row_splits × col_splits) split.
 
     Each forward program walks a rectangle of tiles; column statistics merge per row split and row
     statistics per column split, so extra memory is (row_splits·cols + col_splits·rows) floats:
-    O(B + N). `dots_per_tile=2` (IMSep) takes smaller forward tiles. The choice depends only on
-    (rows, cols) symmetrically and the width, so a transposed call tiles like the forward.
+    O(B + N). The split fills the GPU in one wave where it can: row_splits·col_splits ≤ the SMs ×
+    the CTAs that fit per SM, each program as close to the same work as the block counts allow.
+    `dots_per_tile=2` (IMSep) takes smaller tiles.
     """
     if _CONFIG_DTYPE:
         dtype = _CONFIG_DTYPE[-1]
     if not gpu_launch(device):
-        blocks = Blocks(64, _pow2(width, 16, 128), _pow2(width, 16, 256), 4, 1)
+        blocks = Blocks(64, 64, _pow2(width, 16, 128), 4, 1)
         # two splits per axis whenever possible, so the interpreter exercises both merges
-        return TileConfig(blocks, blocks, min(2, math.ceil(rows / 64)), min(2, math.ceil(cols / 64)), blocks)
-    # From the sm_90a compile with the JIT's specialization (benchmarks/roofline.py): every choice
-    # compiles to wgmma with cp.async staging and no spills. 16-bit: 128×128 tiles, BLOCK_K = 64
-    # (an MMA-bound k-loop; BLOCK_K = 32 halves the MMA work per barrier), 8 warps; the forward sits
-    # at 255 registers (one CTA per SM), the dS kernel at 214. fp32 (3xTF32 dots, three MMAs per
-    # product): 64×64 tiles, BLOCK_K = 32, 4 warps. Two dots per tile (IMSep): 64×64, BLOCK_K = 32
-    # (16 for fp32: 32 spills). The dS kernel always steps through D with the forward's BLOCK_K, so
-    # its recomputed S sums the products in the forward's order (bit-identical on the same tile).
-    wide = dtype == torch.float32  # 3xTF32 dots need more registers
+        return TileConfig(blocks, blocks, min(2, math.ceil(rows / 64)), min(2, math.ceil(cols / 64)))
+    # From the sm_90a compile with the JIT's specialization (python -m benchmarks.roofline): every
+    # choice compiles to wgmma with cp.async staging and no spills. 16-bit: 128×64 tiles, BLOCK_K = 64,
+    # one warpgroup (4 warps): the forward at 255 registers and 72 KB of shared memory, the dS kernel at
+    # ~190, so two CTAs share an SM and one's softmax runs under the other's MMAs (8 warps on 128×128
+    # tiles fit one CTA per SM). fp32 (3xTF32, three MMAs per product): 64×64, BLOCK_K = 32.
+    # Two dots per tile (IMSep): 64×64, BLOCK_K = 32 (16 for fp32: 32 spills).
+    wide = dtype == torch.float32
     if dots_per_tile > 1:
-        fwd = Blocks(64, 16 if wide else 32, 0, 4, 3)
+        fwd = Blocks(64, 64, 16 if wide else 32, 4, 3)
     else:
-        fwd = Blocks(64, 32, 0, 4, 3) if wide else Blocks(128, 64, 0, 8, 3)
-    bwd = Blocks(64, 16, _pow2(width, 16, 128), 8, 3) if wide else Blocks(64, 32, _pow2(width, 16, 256), 8, 3)
-    sms = _sm_count(device)
-    row_blocks, col_blocks = math.ceil(rows / fwd.tile), math.ceil(cols / fwd.tile)
-    row_splits = min(row_blocks, 64)
-    col_splits = max(1, min(col_blocks, math.ceil(2 * sms / row_splits), 64))
-    return TileConfig(fwd, bwd, row_splits, col_splits, fwd)
+        fwd = Blocks(64, 64, 32, 4, 3) if wide else Blocks(128, 64, 64, 4, 3)
+    slots = 2 * _sm_count(device)  # every choice: 4 warps, ≤ 255 registers, ≤ 113 KB: two CTAs per SM
+    row_blocks, col_blocks = math.ceil(rows / fwd.rows), math.ceil(cols / fwd.cols)
+    row_splits = min(row_blocks, 64, slots)
+    col_splits = max(1, min(col_blocks, slots // row_splits, 64))
+    return TileConfig(fwd, fwd, row_splits, col_splits)
 
 
 # ---------------------------------------------------------------- the csrc extension's ops (backend="cuda")
@@ -257,6 +253,24 @@ def workspace_rows(rows: int, cols: int, width: int, elem_bytes: int, tile: int)
     return min(rows, max(tile, fit // tile * tile))
 
 
+_CUDA_GEMM_PATHS: list[bool] = []
+
+
+class cuda_gemm_paths:
+    """For the performance model's structural pass (which records GEMMs without running them): take
+    the CUDA tensors' GEMM calls (fp32 accumulation by addmm/mm with out_dtype) on CPU tensors."""
+
+    def __enter__(self):
+        _CUDA_GEMM_PATHS.append(True)
+
+    def __exit__(self, *exc):
+        _CUDA_GEMM_PATHS.pop()
+
+
+def _mixed_gemms(device: torch.device) -> bool:
+    return device.type == "cuda" or bool(_CUDA_GEMM_PATHS)
+
+
 def chunked_input_grads(x: torch.Tensor, y: torch.Tensor, fill_ds, tile: int, *, need_dy: bool = True,
                         symmetric_x: bool = False):
     """dX = dS·Y and dY = dSᵀ·X, where dS (rows × cols, already multiplied by the logit scale) is
@@ -283,7 +297,7 @@ def chunked_input_grads(x: torch.Tensor, y: torch.Tensor, fill_ds, tile: int, *,
         if chunk >= rows:
             dy = torch.mm(w.t(), x)
         elif dy is None:
-            part = torch.mm(w.t(), x[r0:r1]) if not sixteen or x.device.type != "cuda" else \
+            part = torch.mm(w.t(), x[r0:r1]) if not sixteen or not _mixed_gemms(x.device) else \
                 torch.mm(w.t(), x[r0:r1], out_dtype=torch.float32)
             dy = part.float() if sixteen else part
         else:
@@ -297,6 +311,6 @@ def _accumulate(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor, sixteen: bo
     """acc + a·b; for 16-bit a, b the product is accumulated in fp32 (acc is fp32)."""
     if not sixteen:
         return acc.addmm_(a, b)
-    if acc.device.type == "cuda":
+    if _mixed_gemms(acc.device):
         return torch.addmm(acc, a, b, out_dtype=torch.float32)
     return acc.add_(torch.mm(a, b).float())  # the interpreter's fp16: no mixed-dtype GEMM on the CPU

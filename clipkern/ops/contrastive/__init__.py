@@ -102,12 +102,15 @@ def _(x, y, scale, labels, row_max, row_logsum, col_max, col_logsum, counts, g, 
 def _loss_setup_context(ctx, inputs, output):
     x, y, scale, labels, symmetric = inputs
     ctx.mark_non_differentiable(*output[1:])
+    ctx.set_materialize_grads(False)  # no zero-filled gradients for the statistics (no extra ops)
     ctx.symmetric = symmetric
     ctx.has_labels = labels is not None
     ctx.save_for_backward(x, y, scale, labels if labels is not None else None, *output[1:])
 
 
 def _loss_backward(ctx, g, *_unused):
+    if g is None:  # only the (non-differentiable) statistics were used
+        return None, None, None, None, None
     x, y, scale, labels, row_m, row_logl, col_m, col_logl, counts = ctx.saved_tensors
     dx, dy, dscale = triton_clip_loss_bwd(x, y, scale, labels, row_m, row_logl, col_m, col_logl, counts, g,
                                           ctx.symmetric)
@@ -135,7 +138,8 @@ def reference_loss(a: Tensor, c: Tensor, scale: Tensor, bias: Tensor | None, lab
 
 def triton_loss(a: Tensor, c: Tensor, scale: Tensor, bias: Tensor | None, labels: Tensor | None,
                 symmetric: bool) -> Tensor:
-    return triton_clip_loss(a, c, scale.float(), labels, symmetric)[0] + zero_grad_term(bias)
+    loss = triton_clip_loss(a, c, scale.float(), labels, symmetric)[0]
+    return loss if bias is None else loss + zero_grad_term(bias)
 
 
 def extension_loss(a: Tensor, c: Tensor, scale: Tensor, bias: Tensor | None, labels: Tensor | None,

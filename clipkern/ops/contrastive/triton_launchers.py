@@ -73,9 +73,8 @@ def _ds_backward(x, y, scale, stats, g_row, g_col, labels, counts, cols: bool, g
     x, y = contiguous_rows(x), contiguous_rows(y)
     (M, D), N = x.shape, y.shape[0]
     cfg = tile_config(M, N, D, x.device, x.dtype)
-    tile = cfg.ds.tile
-    grid_n = -(-N // tile)
-    dscale_part = new_output((-(-M // tile) * grid_n,), x, torch.float32)
+    grid = cfg.ds_grid(M, N)
+    dscale_part = new_output((grid[0] * grid[1],), x, torch.float32)
     row_m, row_logl, col_m, col_logl = stats
     has_labels = labels is not None
     lab = labels if has_labels else row_m
@@ -85,11 +84,11 @@ def _ds_backward(x, y, scale, stats, g_row, g_col, labels, counts, cols: bool, g
         grid = cfg.ds_grid(r1 - r0, N)
         _contrastive_ds_kernel[grid](
             x, y, scale, g_row, g_col, lab, counts, row_m, row_logl, col_m, col_logl, ws,
-            dscale_part[(r0 // tile) * grid_n:],
+            dscale_part[cfg.ds_slot(r0, N):],
             r0, r1, M, N, D, x.stride(0), y.stride(0), ws.stride(0), w_row, w_col, w_pos,
             COLS=cols, G_VECTOR=g_vector, HAS_LABELS=has_labels, **cfg.kernel_args(x.dtype, ds=True))
 
-    dx, dy = chunked_input_grads(x, y, fill_ds, tile)
+    dx, dy = chunked_input_grads(x, y, fill_ds, cfg.ds.rows)
     return dx, dy, dscale_part.sum()
 
 

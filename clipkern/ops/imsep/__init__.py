@@ -48,10 +48,13 @@ def _(x, u_hat, diag, scale, row_max, row_logsum, col_max, col_logsum, g):
 def _setup_context(ctx, inputs, output):
     stats = output[1:]
     ctx.mark_non_differentiable(*stats)
+    ctx.set_materialize_grads(False)  # no zero-filled gradients for the statistics (no extra ops)
     ctx.save_for_backward(*inputs, *stats)
 
 
 def _backward(ctx, g, *_stat_grads):
+    if g is None:  # only the (non-differentiable) statistics were used
+        return None, None, None, None
     x, u_hat, diag, scale, *stats = ctx.saved_tensors
     dx, ddiag, dscale = triton_imsep_loss_bwd(x, u_hat, diag, scale, *stats, g)
     return dx, None, ddiag, dscale.to(scale.dtype)

@@ -42,9 +42,10 @@ def imsep_loss_bwd(x, u_hat, diag, scale, row_m, row_logl, col_m, col_logl, g):
     x, u_hat = contiguous_rows(x), contiguous_rows(u_hat)
     (B, D), K = x.shape, u_hat.shape[1]
     cfg = _config(x)
-    tile = cfg.ds.tile
-    tiles = -(-B // tile)
-    dscale_part = new_output((tiles * tiles,), x, torch.float32)
+    tile = cfg.ds.rows
+    assert cfg.ds.cols == tile, "the E kernel finds the diagonal on square tiles"
+    grid = cfg.ds_grid(B, B)
+    dscale_part = new_output((grid[0] * grid[1],), x, torch.float32)
     ddiag = new_output((B,), x, torch.float32)
     # the forward's K step: R and W accumulate in the same order, so the recomputed logits equal the
     # forward's bit for bit (a different BLOCK_K costs ~10x the gradient error at s = 100, fp32)

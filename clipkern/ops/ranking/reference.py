@@ -9,7 +9,7 @@ For each row r of scores/targets (B×N):
 Targets only choose the order: they get no gradient. A non-finite target makes its row's loss NaN
 (the `0·targets` term), so a broken target never hides behind a finite-looking loss.
 
-RankCLIP (DESIGN §1.4) is built from four such calls on s·V Tᵀ, its transpose and the Gram
+RankCLIP (docs/design.md §1.4) is built from four such calls on s·V Tᵀ, its transpose and the Gram
 matrices s·V Vᵀ, s·T Tᵀ: see `rankclip_terms`.
 """
 from __future__ import annotations
@@ -44,19 +44,8 @@ def listmle_loss(scores: torch.Tensor, targets: torch.Tensor, decay: str | None 
     return listmle_rows(scores, targets, decay).mean()
 
 
-def listmle_from_features(a, c, a2, c2, scale, decay: str | None = None) -> torch.Tensor:
-    """mean_r ListMLE of scores scale·a cᵀ against targets scale·a2 c2ᵀ (the matrices are formed,
-    in fp32 at least)."""
-    acc = torch.promote_types(a.dtype, torch.float32)
-    scale = scale.to(acc)
-    scores = scale * (a.to(acc) @ c.to(acc).T)
-    with torch.no_grad():
-        targets = scale * (a2.to(acc) @ c2.to(acc).T)
-    return listmle_loss(scores, targets, decay)
-
-
 def rankclip_terms(image, text, scale, decay: str | None = None):
-    """(R_cross, R_in) of DESIGN §1.4 without the 1/32 factors:
+    """(R_cross, R_in) of docs/design.md §1.4 without the 1/32 factors:
     R_cross = listmle(L, Lᵀ) + listmle(Lᵀ, L),  L = s·V Tᵀ
     R_in    = listmle(s·V Vᵀ, s·T Tᵀ) + listmle(s·T Tᵀ, s·V Vᵀ)
     The products run in fp32 at least (fp64 for fp64 features)."""

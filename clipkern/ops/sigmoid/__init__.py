@@ -29,7 +29,10 @@ def _(x, y, scale, bias, labels):
 
 @torch.library.custom_op("clipkern::triton_sigmoid_loss_bwd", mutates_args=())
 def triton_sigmoid_loss_bwd(x: Tensor, y: Tensor, scale: Tensor, bias: Optional[Tensor], labels: Optional[Tensor],
-                            g: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                            g: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(dX, dY, [dscale, dbias]) given the upstream gradient g (0-d): dscale and dbias as one fp32 (2,)
+    tensor (one reduction; outputs of a custom op may not alias each other). dbias is computed (and
+    ignored) without a bias."""
     from .triton_launchers import sigmoid_loss_bwd
 
     return sigmoid_loss_bwd(x, y, scale, bias, labels, g)
@@ -37,8 +40,7 @@ def triton_sigmoid_loss_bwd(x: Tensor, y: Tensor, scale: Tensor, bias: Optional[
 
 @triton_sigmoid_loss_bwd.register_fake
 def _(x, y, scale, bias, labels, g):
-    f32 = torch.float32
-    return x.new_empty(x.shape), y.new_empty(y.shape), x.new_empty((), dtype=f32), x.new_empty((), dtype=f32)
+    return x.new_empty(x.shape), y.new_empty(y.shape), x.new_empty((2,), dtype=torch.float32)
 
 
 def _setup_context(ctx, inputs, output):
@@ -49,8 +51,8 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, g):
     x, y, scale, bias, labels = ctx.saved_tensors
-    dx, dy, dscale, dbias = triton_sigmoid_loss_bwd(x, y, scale, bias, labels, g)
-    return dx, dy, dscale.to(scale.dtype), dbias.to(bias.dtype) if ctx.has_bias else None, None
+    dx, dy, dsb = triton_sigmoid_loss_bwd(x, y, scale, bias, labels, g)
+    return dx, dy, dsb[0].to(scale.dtype), dsb[1].to(bias.dtype) if ctx.has_bias else None, None
 
 
 triton_sigmoid_loss.register_autograd(_backward, setup_context=_setup_context)

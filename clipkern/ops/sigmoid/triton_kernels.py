@@ -1,25 +1,32 @@
-r"""Fused sigmoid-contrastive (SigLIP) kernels. No B×N buffer in the forward; the backward's dL lives
+r"""Fused sigmoid-contrastive (SigLIP) kernels. No M×N buffer in the forward; the backward's dS lives
 in a bounded row-chunk workspace.
 
 Notation: X = image rows (M×D), Y = text rows (N×D, N ≥ M allowed: extra texts are negatives only),
 s = scale, b = bias (0 without one), y_i = labels (one positive column per image row; i by default),
-raw = X Yᵀ (fp32 accumulation), L = fma(raw, s, b) — one rounding, the same in every kernel —
-z = +1 on (i, y_i), −1 elsewhere, t = z·L.
+raw = X Yᵀ (fp32 accumulation), L = fma(raw, s, b) — one rounding, computed by the one helper
+`_logits_and_signs` in both kernels — z = +1 on (i, y_i), −1 elsewhere, t = z·L.
 
-Forward (`_sigmoid_fwd_kernel`), per image row i over the tiles of its column split:
+Forward (`_sigmoid_fwd_kernel`, the forward blocks and 2-D split of tile_config; 2·M·N·D FLOPs), per
+image row i over the tiles of its column split:
     ℓ[i] = Σ_j softplus(−t_ij),   softplus(−t) = max(−t, 0) + log1p(exp(−|t|))
-log1p(e) is evaluated as log(u)·e/(u − 1) with u = 1 + e (e itself when u rounds to 1): within a few
-ulps for every e, where log(1 + e) loses ulp(1)/e relative (6e-4 at e = 1e-4). So a small loss
-(confident positives, easy negatives) keeps its relative precision: 1 exp and 1 log per logit. Each program writes its rows' partial sums already divided by M; the launcher adds them
-(one sum).
+log1p(e) is log(u)·e/(u − 1) with u = 1 + e (e itself when u rounds to 1): u − 1 is exact, so the
+rounding of u cancels and the result is within a few ulps for every e ≥ 0, where log(1 + e) loses
+ulp(1)/e relative (6e-4 at e = 1e-4). A small loss (confident positives, easy negatives) thus keeps
+its relative precision; 1 exp and 1 log per logit. (libdevice's log1p has no interpreter version.)
+Each program writes its rows' partial sums already divided by M; the launcher adds them (one sum).
 
-Backward (`_sigmoid_ds_kernel`), one program per (row tile, column tile) of a row chunk, each tile
-recomputed once (2·M·N·D MMA FLOPs, 1 exp per logit), given the scalar upstream gradient g:
+Backward, given the scalar upstream gradient g:
+  dS kernel (`_sigmoid_ds_kernel`), one program per (row tile, column tile) of a row chunk, the S
+  tile recomputed once with the forward's BLOCK_K (2·M·N·D FLOPs in all, 1 exp per logit):
     dL_ij = (g/M) · (σ(L_ij) − [z_ij = 1]) = −z_ij · σ(−t_ij) · g/M
     σ(−t) = e/(1 + e) for t > 0, 1/(1 + e) otherwise, e = exp(−|t|)     (no overflow, no cancellation)
-    ws = s · dL (feature dtype),  ds_part = Σ_tile dL ⊙ raw,  db_part = Σ_tile dL
-Then dX = ws·Y and dY = wsᵀ·X are cuBLAS GEMMs (4·M·N·D FLOPs; ops/base.chunked_input_grads).
-Workspace row offsets are 64-bit.
+    ws = s · dL (feature dtype, 64-bit row offsets),  ds_part = Σ_tile dL ⊙ raw,  db_part = Σ_tile dL
+  (one fp32 slot per program, no atomics: dscale and dbias are one deterministic sum each).
+  GEMMs (ops/base.chunked_input_grads): dX = ws·Y and dY = wsᵀ·X by cuBLAS, 4·M·N·D FLOPs.
+  Workspace: rows are processed in chunks of `workspace_rows` rows (a multiple of the dS row tile),
+  chunk × N feature-dtype elements within CLIPKERN_WORKSPACE_MB (default min(1 GiB, max(64 MiB,
+  4× the feature bytes))); dY accumulates over the chunks.
+Total: forward 2·M·N·D, backward 6·M·N·D FLOPs.
 """
 import triton
 import triton.language as tl
@@ -31,7 +38,8 @@ from ..base.triton_tiles import split_ranges, tile_dot
 def _log1p(e):
     """log(1 + e) for e ≥ 0, accurate to a few ulps (u − 1 is exact, so the rounding of u cancels)."""
     u = 1.0 + e
-    return tl.where(u == 1.0, e, tl.log(u) * (e / (u - 1.0)))
+    d = u - 1.0
+    return tl.where(d == 0.0, e, tl.log(u) * (e / tl.where(d == 0.0, 1.0, d)))
 
 
 @triton.jit
