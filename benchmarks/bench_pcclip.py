@@ -5,7 +5,7 @@
 
 One step (every provider, same inputs): image features G (N×D) and text features E (P×D, P = N),
 leaves, logit_scale s (leaf, 1/0.07), and P fixed random listed pairs (i ≠ j); the all-pairs loss
-of DESIGN §1.3 (each text against all N(N−1) ordered image pairs), then backward to E, G and s.
+of docs/design.md §1.3 (each text against all N(N−1) ordered image pairs), then backward to E, G and s.
 Providers:
   clipkern         clipkern.functional.pairwise_difference_loss(all_pairs=True): the fused kernel
                    (on CPU: the reference, or the kernels interpreted if TRITON_INTERPRET=1 is set:

@@ -4,7 +4,7 @@
                                        [--dtype bf16] [--providers clipkern torch]
 
 What one step is (every provider, same inputs): from image and text features V, T (B×D, leaves) and
-logit_scale s (leaf), compute R_cross + R_in of DESIGN §1.4 without the weights,
+logit_scale s (leaf), compute R_cross + R_in of docs/design.md §1.4 without the weights,
     listmle(L, Lᵀ) + listmle(Lᵀ, L) + listmle(s·V Vᵀ, s·T Tᵀ) + listmle(s·T Tᵀ, s·V Vᵀ),  L = s·V Tᵀ,
 then backward to V, T and s. Providers:
   clipkern         clipkern.ops.ranking.rankclip_terms, fused=None: the from-features kernels for

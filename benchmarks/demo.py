@@ -10,7 +10,7 @@ prints one row each:
   warm-up; CUDA events on a GPU, perf_counter on the CPU (see benchmarks/common.py);
 - peak: extra CUDA memory over fwd+bwd (MiB); not measured on CPU;
 - |Δloss|, max|Δ∂feat| (both feature matrices), |Δ∂s| (logit_scale), |Δ∂b| (logit_bias, SigLIP)
-  against open_clip on the same inputs. A '!' marks a difference above DESIGN.md §4's tolerance
+  against open_clip on the same inputs. A '!' marks a difference above docs/design.md §4's tolerance
   (relative to open_clip's value: 1e-4 in fp32, 5e-2 in bf16, which also holds open_clip's own
   bf16 rounding).
 
@@ -146,7 +146,7 @@ def main() -> int:
                   "TRITON_INTERPRET=1 python -m benchmarks.demo")
     if any(r[5] == "bfloat16" for r in rows):
         print("bf16: open_clip computes its logits in bf16, clipkern accumulates in fp32; Δ includes both roundings.")
-    print("'!' = above DESIGN.md §4 tolerance relative to open_clip. Full sweep: python -m benchmarks.run --out DIR")
+    print("'!' = above docs/design.md §4 tolerance relative to open_clip. Full sweep: python -m benchmarks.run --out DIR")
     return 0
 
 

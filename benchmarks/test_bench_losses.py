@@ -8,7 +8,7 @@ Each test times one step `loss = fn(I, T, s, b); loss.backward()` (with a CUDA s
 the timed function) for one provider of benchmarks/common.py, then checks that step's loss and
 gradients (features, logit_scale, logit_bias) against the torch reference run in float64: the
 provider's error may be at most 2× the error of the torch reference in the same dtype plus a small
-floor (DESIGN.md §4). So a fast but wrong provider fails. A provider that cannot be built here
+floor (docs/design.md §4). So a fast but wrong provider fails. A provider that cannot be built here
 (inf-cl on a CPU, say), or a baseline whose run raises (torch.compile without a C compiler), is
 skipped, and pytest's -ra summary names it with the reason. Under
 TRITON_INTERPRET=1 the CPU clipkern case runs the Triton kernels interpreted: a correctness check,
@@ -36,7 +36,7 @@ def _cases():
 
 
 def _check(what, got, ref64, same_dtype, floor):
-    """max|got − ref64| ≤ 2·max|same_dtype − ref64| + floor·max|ref64| (DESIGN.md §4)."""
+    """max|got − ref64| ≤ 2·max|same_dtype − ref64| + floor·max|ref64| (docs/design.md §4)."""
     ref64 = ref64.double()
     err = (got.double() - ref64).abs().max().item()
     torch_err = (same_dtype.double() - ref64).abs().max().item()

@@ -1,16 +1,29 @@
-"""training/reproduce.py's claim rows: the verdict rule (paired by seed) and the written table."""
+"""training/reproduce.py's claim rows: the paired 95 % interval, the verdict read from it, and the
+written table (with the SharedCLIP rows when the scratch runs are there)."""
 import json
+import math
+
+import pytest
 
 from training import reproduce as R
 
 
-def test_verdict_is_paired_by_seed():
-    assert R._verdict([0.60, 0.62], [0.50, 0.55]) == "reproduces"
-    assert R._verdict([0.60, 0.50], [0.50, 0.55]) == "no clear effect"           # one seed goes the other way
-    assert R._verdict([0.505, 0.506], [0.50, 0.50]) == "no clear effect"         # same way, under 0.01
-    assert R._verdict([0.40, 0.42], [0.50, 0.55]) == "does not reproduce"
-    assert R._verdict([0.10, 0.12], [0.20, 0.25], higher_is_better=False) == "reproduces"   # the gap shrinks
+def test_paired_interval_is_the_student_t_interval_of_the_differences():
+    mean, lo, hi = R.paired_interval([0.6, 0.7, 0.8], [0.5, 0.5, 0.5])
+    d = [0.1, 0.2, 0.3]  # mean 0.2, sd 0.1, t(0.975, 2) = 4.302652...
+    assert mean == pytest.approx(0.2)
+    assert (hi - lo) / 2 == pytest.approx(4.302652729749464 * 0.1 / math.sqrt(3))
+    assert R.paired_interval(d, [0, 0, 0], higher_is_better=False)[0] == pytest.approx(-0.2)
+    assert math.isnan(R.paired_interval([0.6], [0.5])[1])
+
+
+def test_verdict_reads_the_interval():
+    assert R._verdict([0.60, 0.62, 0.61], [0.50, 0.55, 0.52]) == "reproduces"
+    assert R._verdict([0.60, 0.50, 0.58], [0.50, 0.55, 0.52]) == "no clear effect"   # the interval holds 0
+    assert R._verdict([0.40, 0.42, 0.41], [0.50, 0.55, 0.52]) == "does not reproduce"
+    assert R._verdict([0.10, 0.12, 0.11], [0.20, 0.25, 0.22], higher_is_better=False) == "reproduces"
     assert R._verdict([float("nan")], [0.5]) == "n/a"
+    assert R._verdict([0.6], [0.5]).startswith("n/a")   # one seed: no interval, no verdict
 
 
 def _metrics(**over):
@@ -20,16 +33,27 @@ def _metrics(**over):
 
 
 def test_claim_rows_compare_each_paper_with_the_control(tmp_path):
-    results = {r: [_metrics(), _metrics()] for r in R.RECIPES}
-    results["pcclip"] = [_metrics(diff_acc=0.8), _metrics(diff_acc=0.7)]
-    results["paraclip"] = [_metrics(**{"AO@10": 0.2}), _metrics(**{"AO@10": 0.3})]
-    rows = {(p, c): v for p, c, _, _, v in R.claims(results, _metrics())}
-    assert rows[("PC-CLIP", "raises difference classification (chance 0.5)")] == "reproduces"
-    assert rows[("ParaCLIP", "raises AO@10 paraphrase consistency")] == "does not reproduce"
-    assert rows[("AlignCLIP", "shrinks the modality gap")] == "no clear effect"
+    results = {r: [_metrics(), _metrics(), _metrics()] for r in (*R.RECIPES, *R.SCRATCH)}
+    results["pcclip"] = [_metrics(diff_acc=x) for x in (0.8, 0.7, 0.75)]
+    results["paraclip"] = [_metrics(**{"AO@10": x}) for x in (0.2, 0.3, 0.25)]
+    results["shared-alignclip"] = [_metrics(modality_gap=x) for x in (0.3, 0.35, 0.32)]
+    rows = {(p, c): (d, v) for p, c, _, _, d, v in R.claims(results, _metrics())}
+    assert rows[("PC-CLIP", "raises difference classification (chance 0.5)")][1] == "reproduces"
+    assert rows[("ParaCLIP", "raises AO@10 paraphrase consistency")][1] == "does not reproduce"
+    assert rows[("AlignCLIP", "IMSep shrinks the modality gap")][1] == "no clear effect"
+    shared = [k for k in rows if k[1].startswith("SharedCLIP")]
+    assert len(shared) == 2 and rows[shared[1]][1] == "reproduces"   # the gap shrank (0.32 vs 0.5)
+    assert rows[("PC-CLIP", "raises difference classification (chance 0.5)")][0].startswith("+0.250 [")
     out = tmp_path / "RESULTS.md"
-    R.write_markdown(str(out), results, _metrics(), {r: 10 for r in R.RECIPES}, "cmd", {"seeds": "0 1"}, ["## Notes"])
+    R.write_markdown(str(out), results, _metrics(), {r: 10 for r in results}, "cmd", {"seeds": "0 1 2"}, ["## Notes"])
     text = out.read_text()
-    assert "| PC-CLIP | raises difference classification (chance 0.5) | pcclip 0.750 | clip 0.500" in text
-    assert text.count("\n| ") >= 1 + len(rows) + 1 + len(R.RECIPES) + 1
+    assert "## Claims (3 seeds)" in text
+    assert ("| PC-CLIP | raises difference classification (chance 0.5) | pcclip 0.750 | clip 0.500; base 0.500 "
+            "| +0.250 [") in text
+    assert text.count("\n| ") >= 1 + len(rows) + 1 + len(results) + 1
     json.dumps(results)  # the results are plain JSON
+
+
+def test_claims_without_scratch_runs_have_no_sharedclip_rows():
+    results = {r: [_metrics(), _metrics()] for r in R.RECIPES}
+    assert not [r for r in R.claims(results, _metrics()) if r[1].startswith("SharedCLIP")]

@@ -135,7 +135,7 @@ def load_checkpoint(path: str) -> dict:
 def load_model(path: str, device="cpu"):
     """(model, preprocess_val, tokenizer) rebuilt from a checkpoint's model_name / model_cfg, weights
     loaded, in eval mode on `device`."""
-    from .models import create
+    from .models import complete_state_dict, create
 
     ckpt = load_checkpoint(path)
     name = ckpt.get("model_name") or (ckpt.get("args") or {}).get("model")
@@ -146,6 +146,6 @@ def load_model(path: str, device="cpu"):
     if "logit_bias" in state:
         kwargs["init_logit_bias"] = float(state["logit_bias"])
     model, _, preprocess_val, tokenizer = create(name, None, "fp32", model_cfg=ckpt.get("model_cfg"), **kwargs)
-    model.load_state_dict(state)
+    model.load_state_dict(complete_state_dict(model, state))
     model.to(device).eval()
     return model, preprocess_val, tokenizer

@@ -1,4 +1,4 @@
-"""Paper-style evaluations on embeddings (PAPERS.md, DESIGN §1.3), in plain torch.
+"""Paper-style evaluations on embeddings (PAPERS.md, docs/design.md §1.3), in plain torch.
 
 Every function takes raw or L2-normalised embeddings (rows) and normalises them itself; work is done
 in fp32 (fp64 for fp64 input) on the embeddings' device, in row chunks, so a few thousand rows are
@@ -24,8 +24,8 @@ cheap on a CPU. x̂ = x/‖x‖.
         ties by lower image index); AO@k = mean_{d=1..k} |top_d ∩ top'_d| / d,
         JS@k = |top_k ∩ top'_k| / |top_k ∪ top'_k|, both averaged over captions.
 
-evaluate_model(model, tokenizer, preprocess, world_dir, split) reads a world folder and runs all of
-the above (the reading and the `python -m training.evaluate` CLI are in training/evaluate.py).
+training/evaluate.py (evaluate_model and the `python -m training.evaluate` CLI) reads a world folder and
+runs all of the above on a model's embeddings; this module imports nothing from training/.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from clipkern.pcclip import comparative_class_embeddings, difference_accuracy
 
 __all__ = ["zero_shot", "retrieval", "difference_classification", "comparative_prompting", "alignment",
-           "paraphrase_consistency", "confused_pairs", "comparison_text", "evaluate_model"]
+           "paraphrase_consistency", "confused_pairs", "comparison_text"]
 
 _CHUNK = 1024  # query rows per similarity block
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
@@ -217,7 +217,7 @@ def comparison_text(a: str, b: str, comparisons=None) -> str:
 def comparative_prompting(image_emb, labels, class_text_emb, encode_text: Callable[[list], torch.Tensor],
                           class_names: Sequence[str], k: int = 3, alpha: float = 0.9, *,
                           comparisons=None) -> dict:
-    """PC-CLIP comparative prompting on the k most-confused class pairs (DESIGN §1.3).
+    """PC-CLIP comparative prompting on the k most-confused class pairs (docs/design.md §1.3).
 
     Returns {"cp_all_before", "cp_all_after", "cp_confused_before", "cp_confused_after" (NaN when no
     pair is confused), "confused_pairs": [(name_a, name_b, count), ...]}. Each chosen pair {a, b}
@@ -298,11 +298,3 @@ def paraphrase_consistency(image_emb, caption_emb, paraphrase_emb, k: int = 10) 
     n = cap.shape[0]
     return {f"AO@{k}": ao_sum / n, f"JS@{k}": js_sum / n}
 
-
-def evaluate_model(model, tokenizer, preprocess, world_dir, split: str = "val", device="cpu",
-                   batch_size: int = 256) -> dict:
-    """Every evaluation above for `model` on the `split` of a world folder, as one flat dict of floats
-    (implemented in training/evaluate.py, which also reads the folder)."""
-    from .evaluate import run_evaluation
-    return run_evaluation(model, tokenizer, preprocess, world_dir, split=split, device=device,
-                          batch_size=batch_size)

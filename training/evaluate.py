@@ -1,10 +1,10 @@
 """Evaluate a model on a world folder: `python -m training.evaluate --checkpoint PATH | --model NAME
 --world DIR [--split val] [--out metrics.json]`.
 
-run_evaluation (= training.evals.evaluate_model) reads the split's files directly (the world format
-of issue 6: meta.json, <split>.csv, <split>_diffs.jsonl, <split>_paraphrases.jsonl,
-<split>_attributes.jsonl), embeds every image and text once with the model in eval mode under
-no_grad, and returns one flat dict of floats:
+evaluate_model reads the split's files (meta.json, <split>.csv, <split>_diffs.jsonl,
+<split>_paraphrases.jsonl, <split>_attributes.jsonl; JSONL through training.records.read_jsonl), embeds
+every image and text once with the model in eval mode under no_grad, runs the metric functions of
+training.evals (which imports nothing from here) and returns one flat dict of floats:
 
     zs_top1, zs_top5          zero-shot over all classes, images of <split>_attributes.jsonl
     zs_top1_heldout           the same, over images whose (colour, shape) is in held_out_combinations
@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from . import evals
+from .records import read_jsonl
 
 log = logging.getLogger("training.evaluate")
 
@@ -48,25 +49,6 @@ class NonFiniteEmbeddings(ValueError):
 
 
 # ---------------------------------------------------------------- reading the world -------------------------
-
-def _read_jsonl(path: Path, keys: tuple[str, ...]) -> list[dict]:
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {line_no}: invalid JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise ValueError(f"{path}, line {line_no}: expected a JSON object, got {type(rec).__name__}")
-            missing = [k for k in keys if k not in rec]
-            if missing:
-                raise ValueError(f"{path}, line {line_no}: missing key(s) {missing}")
-            records.append(rec)
-    return records
-
 
 def _read_csv(path: Path, img_key="filepath", caption_key="title", sep="\t") -> list[dict]:
     with open(path, encoding="utf-8", newline="") as f:
@@ -105,9 +87,9 @@ def read_world(world_dir, split: str = "val") -> dict:
             raise ValueError(f"{root / 'meta.json'}: 'classes' must be a non-empty list of class names")
     return {"meta": meta,
             "csv": opt(f"{split}.csv", _read_csv),
-            "diffs": opt(f"{split}_diffs.jsonl", _read_jsonl, ("image_a", "image_b", "text")),
-            "paraphrases": opt(f"{split}_paraphrases.jsonl", _read_jsonl, ("image", "caption", "para2")),
-            "attributes": opt(f"{split}_attributes.jsonl", _read_jsonl, ("image", "class"))}
+            "diffs": opt(f"{split}_diffs.jsonl", read_jsonl, ("image_a", "image_b", "text")),
+            "paraphrases": opt(f"{split}_paraphrases.jsonl", read_jsonl, ("image", "caption", "para2")),
+            "attributes": opt(f"{split}_attributes.jsonl", read_jsonl, ("image", "class"))}
 
 
 # ---------------------------------------------------------------- embedding ---------------------------------
@@ -161,9 +143,10 @@ def embed_texts(model, tokenizer, texts, device, batch_size) -> torch.Tensor:
 
 # ---------------------------------------------------------------- evaluation --------------------------------
 
-def run_evaluation(model, tokenizer, preprocess, world_dir, split: str = "val", device="cpu",
+def evaluate_model(model, tokenizer, preprocess, world_dir, split: str = "val", device="cpu",
                    batch_size: int = 256) -> dict:
-    """See the module docstring. The model's train/eval mode is restored afterwards."""
+    """Every evaluation of training.evals for `model` on the `split` of a world folder, as one flat dict
+    of floats (see the module docstring). The model's train/eval mode is restored afterwards."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     model = getattr(model, "module", model)  # DistributedDataParallel
@@ -280,7 +263,7 @@ def main(argv=None) -> dict:
     log.setLevel(logging.INFO)
     args = build_parser().parse_args(argv)
     model, preprocess, tokenizer = load(args)
-    metrics = evals.evaluate_model(model, tokenizer, preprocess, args.world, split=args.split,
+    metrics = evaluate_model(model, tokenizer, preprocess, args.world, split=args.split,
                                    device=args.device, batch_size=args.batch_size)
     print(format_table(metrics))
     if args.out:

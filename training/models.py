@@ -1,9 +1,12 @@
 """Model construction for the finetuning loop: any open_clip model, plus two tiny CPU-sized ones.
 
-- `clipkern-tiny`: an open_clip CLIP config (ViT 32 px / 8 px patches, width 64, 2 layers; text width
-  64, 2 layers, 32 tokens, open_clip's 49408-token vocabulary), registered with
+- `clipkern-tiny`: an open_clip CLIP config (image tower: open_clip's ModifiedResNet, layers (1,1,1,1),
+  width 8, at 64 px, so the world's 32 px images are upsampled by the preprocess; text tower width 64,
+  2 layers, 32 tokens, open_clip's 49408-token vocabulary), registered with
   `open_clip.add_model_config`, so every open_clip entry point (create_model_and_transforms,
   get_tokenizer) knows it.
+- `clipkern-tiny-vit`: the two-tower CLIP of SharedCLIP's size (ViT 32 px / 8 px patches, width 64,
+  2 layers, 2 heads; the same text tower): the equal-size control of AlignCLIP's architecture claim.
 - `shared-tiny`: AlignCLIP's SharedCLIP (training/shared_clip.py) at `tiny_config()` size.
 
 `create(name, pretrained=None, precision="fp32", **model_kwargs)` returns
@@ -24,12 +27,20 @@ import torch
 from .shared_clip import SharedCLIP, SharedCLIPConfig, build_shared_clip, tiny_config
 
 TINY_NAME = "clipkern-tiny"
+TINY_VIT_NAME = "clipkern-tiny-vit"
 SHARED_TINY_NAME = "shared-tiny"
 
 TINY_CONFIG = {
     "embed_dim": 64,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
+    # ModifiedResNet downsamples 32×: at 32 px its last stage is 1×1 and it never learned shape (nor
+    # did 2-layer ViTs with 8 or 4 px patches); at 64 px (2×2 last stage) it does. See training/README.md.
+    "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8, "head_width": 32},
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+TINY_VIT_CONFIG = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
+    "text_cfg": dict(TINY_CONFIG["text_cfg"]),
 }
 SHARED_TINY_CONFIG = dict(tiny_config(context_length=32).__dict__)
 
@@ -37,15 +48,15 @@ _registered = False
 
 
 def register_tiny_models() -> None:
-    """Registers `clipkern-tiny` with open_clip (idempotent)."""
+    """Registers `clipkern-tiny` and `clipkern-tiny-vit` with open_clip (idempotent)."""
     global _registered
-    if _registered and TINY_NAME in open_clip.list_models():
+    if _registered and {TINY_NAME, TINY_VIT_NAME} <= set(open_clip.list_models()):
         return
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, f"{TINY_NAME}.json")
-        with open(path, "w") as f:
-            json.dump(TINY_CONFIG, f)
-        open_clip.add_model_config(path)
+        for name, cfg in ((TINY_NAME, TINY_CONFIG), (TINY_VIT_NAME, TINY_VIT_CONFIG)):
+            with open(os.path.join(tmp, f"{name}.json"), "w") as f:
+                json.dump(cfg, f)
+        open_clip.add_model_config(tmp)
     _registered = True
 
 
@@ -70,8 +81,16 @@ def _state_dict_from_file(path: str) -> dict:
     return obj
 
 
+def complete_state_dict(model: torch.nn.Module, state: dict) -> dict:
+    """`state` plus the BatchNorm `num_batches_tracked` counters it lacks: a run whose image tower was
+    locked (open_clip's freeze_bn_stats: FrozenBatchNorm2d) saves none, and only training-mode BN uses them."""
+    own = model.state_dict()
+    extra = {k: own[k] for k in own if k.endswith("num_batches_tracked") and k not in state}
+    return {**state, **extra} if extra else state
+
+
 def _load_local(model: torch.nn.Module, path: str) -> None:
-    state = _state_dict_from_file(path)
+    state = complete_state_dict(model, _state_dict_from_file(path))
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k != "logit_bias"]   # a CLIP checkpoint into a SigLIP model keeps its init bias
     if missing or unexpected:

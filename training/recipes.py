@@ -23,8 +23,6 @@ class Recipe:
     name = "clip"
     data_kind = "csv"            # training.data kind: "csv", "diffs" or "paraphrases"
     text_keys = ("text",)        # token tensors of the batch, in the order of text_features_list
-    uses_image = True
-    locks_image_by_default = False
 
     def __init__(self, args, rank: int = 0, world_size: int = 1):
         self.args, self.rank, self.world_size = args, rank, world_size
@@ -43,9 +41,10 @@ class Recipe:
         return {}
 
     def configure_model(self, model) -> None:
-        """Freezes towers per --lock-image / --lock-text (and whatever the recipe does not train)."""
+        """Freezes towers per --lock-image / --lock-text (and whatever the recipe does not train). A
+        locked image tower keeps its BatchNorm statistics too (open_clip's freeze_bn_stats)."""
         if self.args.lock_image:
-            model.lock_image_tower(unlocked_groups=0, freeze_bn_stats=False)
+            model.lock_image_tower(unlocked_groups=0, freeze_bn_stats=True)
         if self.args.lock_text:
             model.lock_text_tower(unlocked_layers=0, freeze_layer_norm=True)
 
@@ -130,7 +129,6 @@ class PcClipRecipe(Recipe):
     scale 1, so logit_scale is frozen too (it would get no gradient)."""
     name = "pcclip"
     data_kind = "diffs"
-    locks_image_by_default = True
 
     def build_loss(self):
         return clipkern.PairwiseDifferenceLoss(all_pairs=self.args.all_pairs, backend=self.args.backend)
@@ -151,7 +149,6 @@ class ParaClipRecipe(Recipe):
     name = "paraclip"
     data_kind = "paraphrases"
     text_keys = ("text", "para1", "para2")
-    locks_image_by_default = True
 
     def build_loss(self):
         return clipkern.ParaClipLoss(**self.clip_kwargs())

@@ -1,19 +1,25 @@
 """Every recipe from one base checkpoint, for the same number of epochs, on the synthetic attribute
 world; writes `training/RESULTS.md` with one row per seed paper's claim.
 
-    python -m training.reproduce [--out runs/reproduce] [--seeds 0 1] [--epochs 5] [--results training/RESULTS.md]
+    python -m training.reproduce [--out runs/reproduce] [--seeds 0 1 2 3 4] [--epochs 2] [--results training/RESULTS.md]
     (or: bash training/reproduce.sh)
 
-1. generate the world (seed 0) and train a base tiny CLIP (`clipkern-tiny`) with the fused CLIP loss;
+1. generate the world (seed 0; 1200 val images, so the 200 of unseen colour×shape combinations make
+   one image 0.005 of zs_top1_heldout) and train a base tiny CLIP (`clipkern-tiny`) with the fused
+   CLIP loss;
 2. for every seed and every recipe (clip, siglip, pcclip, rankclip, alignclip, paraclip), finetune
    the base for `--epochs` epochs with that recipe's defaults (towers frozen as the recipe says) at
-   one learning rate, then evaluate the checkpoint on the held-out split (training.evaluate);
-3. write the per-recipe table (mean over seeds, every seed's value kept in the JSON) and the claim
-   rows: the numbers are whatever came out, with the comparison each paper makes.
+   one learning rate; each run evaluates its final checkpoint on the held-out split (training.evaluate);
+3. AlignCLIP's architecture claim: for every seed, train SharedCLIP (`shared-tiny`, AlignCLIP loss)
+   and the two-tower CLIP of its size (`clipkern-tiny-vit`, CLIP loss) from scratch for
+   `--scratch-epochs` epochs each, and evaluate both;
+4. write the claim rows: for each, the mean and the 95 % t-interval over seeds of the paired
+   difference (recipe − control, same seed), and a verdict read from the interval; then the
+   per-recipe table (mean over seeds, every seed's value kept in the JSON).
 
 `clip` (the plain objective continued for the same epochs) is the control every claim compares with.
-AlignCLIP here runs its loss on the same open_clip model (to share the base); its SharedCLIP
-architecture is a separate model (`--model shared-tiny`) that cannot start from this base.
+The `alignclip` recipe runs AlignCLIP's loss (IMSep) on the base's open_clip model; the SharedCLIP
+rows compare the architecture from scratch.
 """
 from __future__ import annotations
 
@@ -28,9 +34,12 @@ import time
 
 import torch
 
+from .records import read_jsonl
+
 RECIPES = ("clip", "siglip", "pcclip", "rankclip", "alignclip", "paraclip")
 METRICS = ("zs_top1", "zs_top1_heldout", "i2t_R@1", "t2i_R@1", "diff_acc", "cp_confused_before",
            "cp_confused_after", "alignment", "modality_gap", "AO@10", "JS@10")
+SCRATCH = {"shared-alignclip": ("shared-tiny", "alignclip"), "vit-clip": ("clipkern-tiny-vit", "clip")}
 
 
 def _run(cmd: list[str], log: str) -> None:
@@ -43,25 +52,18 @@ def _run(cmd: list[str], log: str) -> None:
     print(f"  ({time.perf_counter() - t0:.0f} s, log {log})", flush=True)
 
 
+def _train_rows(run_dir: str) -> list[dict]:
+    return [r for r in read_jsonl(os.path.join(run_dir, "metrics.jsonl"), ("step",)) if r.get("kind") != "eval"]
+
+
 def _steps(run_dir: str) -> int:
-    steps = 0
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        for line in f:
-            rec = json.loads(line)
-            if rec.get("kind") != "eval":
-                steps = max(steps, int(rec["step"]))
-    return steps
+    return max((int(r["step"]) for r in _train_rows(run_dir)), default=0)
 
 
 def _last_terms(run_dir: str) -> dict:
     """The loss terms of the last training step of a run."""
-    last = {}
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        for line in f:
-            rec = json.loads(line)
-            if rec.get("kind") != "eval":
-                last = rec
-    return {k: v for k, v in last.items() if k.endswith("_loss")}
+    rows = _train_rows(run_dir)
+    return {k: v for k, v in (rows[-1] if rows else {}).items() if k.endswith("_loss")}
 
 
 def _notes(out: str, seeds) -> list[str]:
@@ -96,67 +98,98 @@ def _fmt(results, recipe, key):
     return f"{_mean(vals):.3f}" + (f" ({', '.join(f'{v:.3f}' for v in vals)})" if len(vals) > 1 else "")
 
 
+def paired_interval(ours: list, control: list, higher_is_better: bool = True):
+    """(mean, lo, hi) of the paired differences d_seed = ours − control (sign flipped when lower is
+    better), with the two-sided 95 % Student-t interval mean ± t(0.975, n−1)·sd/√n. NaN when a value is
+    NaN or there are fewer than 2 seeds (lo, hi only)."""
+    d = [(o - c) * (1 if higher_is_better else -1) for o, c in zip(ours, control)]
+    if not d or any(x != x for x in d):
+        return float("nan"), float("nan"), float("nan")
+    mean = statistics.fmean(d)
+    if len(d) < 2:
+        return mean, float("nan"), float("nan")
+    from scipy.stats import t
+    half = float(t.ppf(0.975, len(d) - 1)) * statistics.stdev(d) / len(d) ** 0.5
+    return mean, mean - half, mean + half
+
+
 def _verdict(ours: list, control: list, higher_is_better: bool = True) -> str:
-    """Paired by seed: 'reproduces' when every seed moves the paper's way and the mean moves at least
-    0.01; 'does not reproduce' when every seed moves the other way by the same rule; else no clear effect."""
-    deltas = [(o - c) * (1 if higher_is_better else -1) for o, c in zip(ours, control)]
-    if not deltas or any(d != d for d in deltas):
+    """From the 95 % interval of the paired difference (paper's direction positive): above 0:
+    'reproduces'; below 0: 'does not reproduce'; containing 0: 'no clear effect'."""
+    mean, lo, hi = paired_interval(ours, control, higher_is_better)
+    if mean != mean:
         return "n/a"
-    mean = statistics.fmean(deltas)
-    if all(d > 0 for d in deltas) and mean >= 0.01:
+    if lo != lo:
+        return "n/a (one seed: no interval)"
+    if lo > 0:
         return "reproduces"
-    if all(d < 0 for d in deltas) and mean <= -0.01:
+    if hi < 0:
         return "does not reproduce"
     return "no clear effect"
 
 
-def claims(results: dict, base: dict) -> list[tuple[str, str, str, str, str]]:
-    """(paper, claim, ours, control, verdict) rows."""
+def _delta(ours: list, control: list, higher_is_better: bool = True) -> str:
+    """The paired difference in the paper's direction, 'mean [lo, hi]'."""
+    mean, lo, hi = paired_interval(ours, control, higher_is_better)
+    return f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+
+def claims(results: dict, base: dict) -> list[tuple[str, str, str, str, str, str]]:
+    """(paper, claim, ours, control, paired Δ [95 % CI], verdict) rows; the SharedCLIP rows when
+    `results` holds the scratch runs (SCRATCH)."""
     v = {r: {k: [x[k] for x in results[r]] for k in METRICS} for r in results}
     m = {r: {k: _mean(v[r][k]) for k in METRICS} for r in results}
-    rows = [("PC-CLIP", "raises difference classification (chance 0.5)", f"pcclip {m['pcclip']['diff_acc']:.3f}",
-             f"clip {m['clip']['diff_acc']:.3f}; base {base['diff_acc']:.3f}",
-             _verdict(v["pcclip"]["diff_acc"], v["clip"]["diff_acc"])),
-            ("PC-CLIP", "comparative prompting helps the most-confused classes",
-             f"pcclip: {m['pcclip']['cp_confused_before']:.3f} → {m['pcclip']['cp_confused_after']:.3f}",
-             f"clip: {m['clip']['cp_confused_before']:.3f} → {m['clip']['cp_confused_after']:.3f}",
+
+    def row(paper, claim, ours, key, control, control_key=None, hib=True, extra=""):
+        o, c = v[ours][key], v[control][control_key or key]
+        return (paper, claim, f"{ours} {_mean(o):.3f}", f"{control} {_mean(c):.3f}{extra}", _delta(o, c, hib),
+                _verdict(o, c, hib))
+
+    rows = [row("PC-CLIP", "raises difference classification (chance 0.5)", "pcclip", "diff_acc", "clip",
+                extra=f"; base {base['diff_acc']:.3f}"),
+            ("PC-CLIP", "comparative prompting helps the most-confused classes (pcclip, after vs before)",
+             f"after {m['pcclip']['cp_confused_after']:.3f}", f"before {m['pcclip']['cp_confused_before']:.3f}",
+             _delta(v["pcclip"]["cp_confused_after"], v["pcclip"]["cp_confused_before"]),
              _verdict(v["pcclip"]["cp_confused_after"], v["pcclip"]["cp_confused_before"])),
-            ("AlignCLIP", "raises the alignment score", f"alignclip {m['alignclip']['alignment']:.3f}",
-             f"clip {m['clip']['alignment']:.3f}", _verdict(v["alignclip"]["alignment"], v["clip"]["alignment"])),
-            ("AlignCLIP", "shrinks the modality gap", f"alignclip {m['alignclip']['modality_gap']:.3f}",
-             f"clip {m['clip']['modality_gap']:.3f}",
-             _verdict(v["alignclip"]["modality_gap"], v["clip"]["modality_gap"], higher_is_better=False))]
+            row("AlignCLIP", "IMSep raises the alignment score", "alignclip", "alignment", "clip"),
+            row("AlignCLIP", "IMSep shrinks the modality gap", "alignclip", "modality_gap", "clip", hib=False)]
+    if all(k in results for k in SCRATCH):
+        rows += [row("AlignCLIP", "SharedCLIP (from scratch) raises the alignment score vs an equal-size CLIP",
+                     "shared-alignclip", "alignment", "vit-clip"),
+                 row("AlignCLIP", "SharedCLIP (from scratch) shrinks the modality gap vs an equal-size CLIP",
+                     "shared-alignclip", "modality_gap", "vit-clip", hib=False)]
     for key in ("AO@10", "JS@10"):
-        rows.append(("ParaCLIP", f"raises {key} paraphrase consistency", f"paraclip {m['paraclip'][key]:.3f}",
-                     f"clip {m['clip'][key]:.3f}", _verdict(v["paraclip"][key], v["clip"][key])))
+        rows.append(row("ParaCLIP", f"raises {key} paraphrase consistency", "paraclip", key, "clip"))
     for key in ("zs_top1", "zs_top1_heldout"):
-        rows.append(("RankCLIP", f"beats CLIP on zero-shot ({key})", f"rankclip {m['rankclip'][key]:.3f}",
-                     f"clip {m['clip'][key]:.3f}", _verdict(v["rankclip"][key], v["clip"][key])))
+        rows.append(row("RankCLIP", f"beats CLIP on zero-shot ({key})", "rankclip", key, "clip"))
     return rows
 
 
 def write_markdown(path: str, results: dict, base: dict, steps: dict, cmd: str, settings: dict,
                    notes: list[str]) -> None:
+    n_seeds = max(len(x) for x in results.values())
     lines = ["# Reproducing the seed papers' claims on the synthetic attribute world", "",
              "Generated by `training/reproduce.py`; do not edit by hand. Command:", "", f"    {cmd}", "",
              "Setting: " + ", ".join(f"{k} = {v}" for k, v in settings.items()) + ".", "",
              "Every recipe starts from the same base checkpoint (a tiny CLIP trained from scratch with the "
              "fused CLIP loss) and is finetuned for the same number of epochs with the recipe's own "
              "defaults; `clip` continues the plain objective and is the control. Metrics are on the "
-             "held-out split, whose colour×shape combinations never occur in training. Values are means "
-             "over the seeds, with each seed's value in brackets. These are a tiny model's numbers on "
-             "synthetic data: they show the direction of each effect, not the papers' magnitudes.", "",
-             "## Claims", "", "| paper | claim | ours | control | verdict |", "|---|---|---|---|---|"]
-    lines += [f"| {p} | {c} | {o} | {k} | {v} |" for p, c, o, k, v in claims(results, base)]
-    lines += ["", "## Every recipe", "",
-              "| recipe | steps | " + " | ".join(METRICS) + " |", "|---|---:|" + "---:|" * len(METRICS),
+             "held-out split, whose colour×shape combinations never occur in training. These are a tiny "
+             "model's numbers on synthetic data: they show the direction of each effect, not the papers' "
+             "magnitudes.", "",
+             f"## Claims ({n_seeds} seeds)", "",
+             "Δ: the paired difference to the control (same seed), signed so that the paper's direction is "
+             "positive: mean over seeds [95 % Student-t interval]. Verdict: the interval above 0: "
+             "reproduces; below 0: does not reproduce; containing 0: no clear effect.", "",
+             "| paper | claim | ours | control | Δ [95 % CI] | verdict |", "|---|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(r) + " |" for r in claims(results, base)]
+    lines += ["", "## Every run", "", "Mean over seeds, each seed's value in brackets. `shared-alignclip` and "
+              "`vit-clip` are trained from scratch (not from the base).", "",
+              "| run | steps | " + " | ".join(METRICS) + " |", "|---|---:|" + "---:|" * len(METRICS),
               "| base | - | " + " | ".join(f"{base[k]:.3f}" for k in METRICS) + " |"]
     for r in results:
         lines.append(f"| {r} | {steps[r]} | " + " | ".join(_fmt(results, r, k) for k in METRICS) + " |")
-    lines += ["", "Verdict rule, paired by seed: every seed moves the paper's way and the mean by at least "
-              "0.01: reproduces; every seed the other way by the same rule: does not reproduce; otherwise "
-              "no clear effect.", ""]
-    lines += notes
+    lines += [""] + notes
     with open(path, "w") as f:
         f.write("\n".join(lines))
 
@@ -164,60 +197,71 @@ def write_markdown(path: str, results: dict, base: dict, steps: dict, cmd: str, 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.reproduce", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="runs/reproduce")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--recipes", nargs="+", choices=RECIPES, default=list(RECIPES))
-    p.add_argument("--n-train", type=int, default=2000)
-    p.add_argument("--n-val", type=int, default=400)
-    p.add_argument("--base-epochs", type=int, default=10)
-    p.add_argument("--epochs", type=int, default=5, help="finetuning epochs of every recipe")
+    p.add_argument("--n-train", type=int, default=4000)
+    p.add_argument("--n-val", type=int, default=1200, help="val images (1/6 of them of unseen combinations)")
+    p.add_argument("--base-epochs", type=int, default=8, help="the base's epochs (8 × 62 steps: the demo's 500)")
+    p.add_argument("--epochs", type=int, default=2, help="finetuning epochs of every recipe (RankCLIP's ramp needs 2)")
+    p.add_argument("--scratch-epochs", type=int, default=4, help="epochs of SharedCLIP and its equal-size CLIP "
+                   "from scratch (0: skip them)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--results", default="training/RESULTS.md")
     args = p.parse_args(argv)
     if "clip" not in args.recipes:
         p.error("--recipes must include clip (the control of every claim)")
-
+    t_start = time.perf_counter()
     py, out = sys.executable, args.out
     os.makedirs(out, exist_ok=True)
     world = os.path.join(out, "world")
-    common = ["--train-data", world, "--val-data", world, "--batch-size", str(args.batch_size), "--no-eval",
-              "--no-plot", "--threads", "1", "--save-frequency", "0", "--logs", out]
+    common = ["--train-data", world, "--val-data", world, "--batch-size", str(args.batch_size), "--no-plot",
+              "--threads", "1", "--workers", "1", "--save-frequency", "0", "--logs", out]
     _run([py, "-m", "training.world", "--out", world, "--seed", "0", "--n-train", str(args.n_train),
           "--n-val", str(args.n_val)], os.path.join(out, "world.log"))
-    base_ckpt = os.path.join(out, "base", "checkpoints", "latest.pt")
-    if not os.path.isfile(base_ckpt):
-        _run([py, "-m", "training.finetune", "--model", "clipkern-tiny", "--loss", "clip", *common,
-              "--epochs", str(args.base_epochs), "--lr", "2e-3", "--wd", "0.1",
-              "--warmup", "20", "--seed", "0", "--name", "base"], os.path.join(out, "base.log"))
-    evaluate = [py, "-m", "training.evaluate", "--world", world, "--checkpoint"]
-    base_json = os.path.join(out, "eval_base.json")
-    _run(evaluate + [base_ckpt, "--out", base_json], os.path.join(out, "eval_base.log"))
-    with open(base_json) as f:
-        base = json.load(f)
 
-    results, steps = {r: [] for r in args.recipes}, {}
+    def train_and_eval(name: str, train_args: list[str]) -> dict:
+        """Trains a run (unless its checkpoint is there) and returns its final evaluation on the
+        held-out split: the run's last eval row (what `python -m training.evaluate` gives for its
+        checkpoint, without a second process start)."""
+        if not os.path.isfile(os.path.join(out, name, "checkpoints", "latest.pt")):
+            _run([py, "-m", "training.finetune", *common, *train_args, "--name", name],
+                 os.path.join(out, f"{name}.log"))
+        from .demo import final_eval
+        return final_eval(os.path.join(out, name, "metrics.jsonl"))
+
+    scratch = ["--epochs", str(args.base_epochs), "--lr", "2e-3", "--wd", "0.1", "--warmup", "20"]
+    base = train_and_eval("base", ["--model", "clipkern-tiny", "--loss", "clip", *scratch, "--seed", "0"])
+    base_ckpt = os.path.join(out, "base", "checkpoints", "latest.pt")
+    runs = {r: [] for r in args.recipes}
+    if args.scratch_epochs:
+        runs.update({k: [] for k in SCRATCH})
+    steps = {}
     for seed in args.seeds:
         for recipe in args.recipes:
-            name = f"{recipe}-seed{seed}"
-            _run([py, "-m", "training.finetune", "--model", "clipkern-tiny", "--pretrained", base_ckpt,
-                  "--loss", recipe, *common, "--epochs", str(args.epochs), "--lr", str(args.lr), "--wd", "0.0",
-                  "--warmup", "10", "--seed", str(seed), "--name", name], os.path.join(out, f"{name}.log"))
-            path = os.path.join(out, f"eval_{name}.json")
-            _run(evaluate + [os.path.join(out, name, "checkpoints", "latest.pt"), "--out", path],
-                 os.path.join(out, f"eval_{name}.log"))
-            with open(path) as f:
-                results[recipe].append(json.load(f))
-            steps[recipe] = _steps(os.path.join(out, name))
+            runs[recipe].append(train_and_eval(f"{recipe}-seed{seed}", [
+                "--model", "clipkern-tiny", "--pretrained", base_ckpt, "--loss", recipe, "--epochs", str(args.epochs),
+                "--lr", str(args.lr), "--wd", "0.0", "--warmup", "10", "--seed", str(seed)]))
+            steps[recipe] = _steps(os.path.join(out, f"{recipe}-seed{seed}"))
+        for key, (model, loss) in SCRATCH.items() if args.scratch_epochs else ():
+            scratch_args = ["--epochs", str(args.scratch_epochs), "--lr", "2e-3", "--wd", "0.1", "--warmup", "20"]
+            runs[key].append(train_and_eval(f"{key}-seed{seed}", ["--model", model, "--loss", loss, *scratch_args,
+                                                                  "--seed", str(seed)]))
+            steps[key] = _steps(os.path.join(out, f"{key}-seed{seed}"))
+    minutes = (time.perf_counter() - t_start) / 60
     settings = {"seeds": " ".join(map(str, args.seeds)), "world": f"{args.n_train} train / {args.n_val} val images",
                 "base": f"{args.base_epochs} epochs at lr 2e-3", "finetune": f"{args.epochs} epochs at lr {args.lr}",
+                "from scratch (SharedCLIP, equal-size CLIP)": f"{args.scratch_epochs} epochs at lr 2e-3",
                 "batch": args.batch_size, "torch": torch.__version__, "machine": platform.machine() + " CPU"
-                if not torch.cuda.is_available() else torch.cuda.get_device_name()}
+                if not torch.cuda.is_available() else torch.cuda.get_device_name(),
+                "wall time": f"{minutes:.0f} min (--threads 1 per run, one run at a time)"}
     with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump({"base": base, "results": results, "steps": steps, "settings": settings}, f, indent=2)
+        json.dump({"base": base, "results": runs, "steps": steps, "settings": settings}, f, indent=2)
     cmd = "python -m training.reproduce " + " ".join(argv if argv is not None else sys.argv[1:])
     if set(args.recipes) == set(RECIPES):
-        write_markdown(args.results, results, base, steps, cmd.strip(), settings, _notes(out, args.seeds))
+        write_markdown(args.results, runs, base, steps, cmd.strip(), settings, _notes(out, args.seeds))
         print(f"wrote {args.results}")
+    print(f"reproduce done in {minutes:.1f} min")
     return 0
 
 

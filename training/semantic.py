@@ -49,7 +49,6 @@ class SemanticFeatureCache:
         self.path, self._encoder, self.batch_size = path, encoder, batch_size
         self.features: dict[str, torch.Tensor] = {}
         self.dirty = False
-        self.encoded = 0          # captions this object had to encode (the rest were cache hits)
         if path and os.path.isfile(path):
             data = torch.load(path, map_location="cpu", weights_only=True)
             if not isinstance(data, dict):
@@ -73,7 +72,6 @@ class SemanticFeatureCache:
             emb = emb.detach().float().cpu()
             for c, e in zip(chunk, emb):
                 self.features[caption_key(c)] = e.clone()
-            self.encoded += len(chunk)
             self.dirty = True
 
     def __call__(self, captions: Sequence[str]) -> torch.Tensor:

@@ -46,7 +46,7 @@ from PIL import Image
 
 __all__ = ["SHAPES", "COLOURS", "MARGINS", "class_names", "generate_world", "main"]
 
-VERSION = 1
+VERSION = 2  # 2: a medium size has no word in the texts
 SHAPES = ("circle", "square", "triangle", "diamond", "cross")
 COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 245),
            "yellow": (240, 220, 40), "purple": (165, 60, 225), "orange": (250, 140, 25)}
@@ -75,8 +75,8 @@ _CAPTION_TEMPLATES = ("a photo of {}.", "an image of {}.", "{} on a black backgr
 # para2 vocabulary: none of these words occurs in a caption or para1.
 _SYN_COUNT = {1: ("a single", "a lone", "a solitary"), 2: ("a pair of", "a couple of", "a duo of"),
               3: ("a trio of", "a triad of")}
-_SYN_SIZE = {"small": ("little", "tiny", "petite"), "medium": ("mid-sized", "moderate", "average-sized"),
-             "large": ("big", "huge", "sizable")}
+_SYN_SIZE = {"small": ("little", "tiny", "petite"),
+             "large": ("big", "huge", "sizable")}  # medium: no word
 _SYN_BRIGHTNESS = {"dark": ("dim", "shadowy", "murky"), "bright": ("vivid", "glowing", "luminous")}
 _SYN_COLOUR = {"red": ("crimson", "scarlet"), "green": ("emerald", "lime"), "blue": ("azure", "cobalt"),
                "yellow": ("golden", "lemon"), "purple": ("violet", "lilac"), "orange": ("amber", "tangerine")}
@@ -112,8 +112,8 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def size_word(size: float) -> str:
-    return "small" if size < 0.65 else ("large" if size >= 0.82 else "medium")
+def size_word(size: float) -> str | None:  # medium: no word, so "a photo of a red circle." is a caption form
+    return "small" if size < 0.65 else ("large" if size >= 0.82 else None)
 
 
 def brightness_word(brightness: float) -> str | None:
@@ -220,7 +220,7 @@ def caption_texts(rng: np.random.Generator, colour: str, shape: str, size: float
     caption = _pick(rng, _CAPTION_TEMPLATES).format(f"{first} {adjs} {noun}")
     para1 = f"{_COUNT_WORDS[count]} {adjs} {noun}"
     syn_shape = _pick(rng, _SYN_SHAPE[shape])[0 if count == 1 else 1]
-    words = [_pick(rng, _SYN_COUNT[count]), _pick(rng, _SYN_SIZE[sw])]
+    words = [_pick(rng, _SYN_COUNT[count])] + ([_pick(rng, _SYN_SIZE[sw])] if sw else [])
     if bw:
         words.append(_pick(rng, _SYN_BRIGHTNESS[bw]))
     words += [_pick(rng, _SYN_COLOUR[colour]), syn_shape]
@@ -347,16 +347,12 @@ def _check_int(name: str, value, lo: int) -> int:
 def generate_world(out, seed: int = 0, n_train: int = 2000, n_val: int = 500, image_size: int = 32,
                    diffs_per_image: float = 1.0, n_held_out: int = 5) -> dict:
     """Writes a world folder (layout in the module docstring) and returns its meta dict."""
-    seed = _check_int("seed", seed, 0)
-    n_train = _check_int("n_train", n_train, 1)
-    n_val = _check_int("n_val", n_val, 1)
-    image_size = _check_int("image_size", image_size, 8)
-    n_held_out = _check_int("n_held_out", n_held_out, 0)
-    if isinstance(diffs_per_image, bool) or not isinstance(diffs_per_image, (int, float)) or not (
-            0 <= diffs_per_image <= 100):
+    seed, n_train, n_val = _check_int("seed", seed, 0), _check_int("n_train", n_train, 1), _check_int("n_val", n_val, 1)
+    image_size, n_held_out = _check_int("image_size", image_size, 8), _check_int("n_held_out", n_held_out, 0)
+    number = isinstance(diffs_per_image, (int, float)) and not isinstance(diffs_per_image, bool)
+    if not (number and 0 <= diffs_per_image <= 100):
         raise ValueError(f"diffs_per_image must be a number in [0, 100], got {diffs_per_image!r}")
-    held_out = choose_held_out(seed, n_held_out)
-    names = class_names()
+    held_out, names = choose_held_out(seed, n_held_out), class_names()
     held_idx = np.array(sorted(names.index(f"{c} {s}") for c, s in held_out), dtype=np.int64)
     train_idx = np.array([k for k in range(len(names)) if k not in set(held_idx.tolist())], dtype=np.int64)
 
@@ -365,12 +361,9 @@ def generate_world(out, seed: int = 0, n_train: int = 2000, n_val: int = 500, im
     _write_split(out, "train", seed, n_train, image_size, diffs_per_image, train_idx, np.array([], np.int64))
     _write_split(out, "val", seed, n_val, image_size, diffs_per_image, train_idx, held_idx)
 
-    meta = {"seed": seed, "classes": names, "class_attribute": "colour+shape",
-            "prompt_template": PROMPT_TEMPLATE,
-            "held_out_combinations": [list(c) for c in held_out],
-            "comparisons": comparison_records(),
-            "version": VERSION,
-            "image_size": image_size, "n_train": n_train, "n_val": n_val,
+    meta = {"seed": seed, "classes": names, "class_attribute": "colour+shape", "prompt_template": PROMPT_TEMPLATE,
+            "held_out_combinations": [list(c) for c in held_out], "comparisons": comparison_records(),
+            "version": VERSION, "image_size": image_size, "n_train": n_train, "n_val": n_val,
             "shapes": list(SHAPES), "colours": {k: list(v) for k, v in COLOURS.items()},
             "ranges": {"size": list(SIZE_RANGE), "brightness": list(BRIGHTNESS_RANGE), "count": list(COUNT_RANGE)},
             "margins": dict(MARGINS)}
