@@ -110,14 +110,15 @@ def test_reruns_are_bit_identical(monkeypatch):
     assert all(torch.equal(u, v) for u, v in zip(first, second))
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("bias", [-22.0, -24.0])
-def test_small_loss_keeps_relative_precision(bias):
+def test_small_loss_keeps_relative_precision(bias, device):
     """Confident positives and easy negatives: a loss of ~1e-4 (and its gradients) keeps fp32 relative
     accuracy, within 2× torch's relative error (a plain log(1 + e) loses ulp(1)/e relative: a loss error
-    of 1.5e-4 and 9e-4 here)."""
-    a = features(32, 64)
-    inputs = dict(image_features=a, text_features=a.clone(), logit_scale=torch.tensor(40.0),
-                  logit_bias=torch.tensor(bias))
+    of 1.5e-4 and 9e-4 here). On a GPU this also checks that tl.log stays accurate near 1."""
+    a = features(32, 64, device=device)
+    inputs = dict(image_features=a, text_features=a.clone(), logit_scale=torch.tensor(40.0, device=device),
+                  logit_bias=torch.tensor(bias, device=device))
     upstream = 1.3
     loss_k, g_k = run_with_grads(lambda **kw: CF.siglip_loss(**kw, backend="triton"), inputs, upstream)
     loss_t, g_t = run_with_grads(lambda **kw: CF.siglip_loss(**kw, backend="reference"), inputs, upstream)
