@@ -18,6 +18,7 @@ def _is_compiling() -> bool:
 def check_features(name: str, x, *, width: int | None = None) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    check_dense(name, x)
     if x.dim() != 2:
         raise ValueError(f"{name} must be 2-D (batch, dim), got shape {tuple(x.shape)}")
     if x.dtype not in FLOAT_DTYPES:
@@ -29,6 +30,14 @@ def check_features(name: str, x, *, width: int | None = None) -> torch.Tensor:
     if width is not None and x.shape[1] != width:
         raise ValueError(f"{name} has feature width {x.shape[1]}, expected {width} to match the other features")
     return x
+
+
+def check_dense(name: str, x: torch.Tensor) -> None:
+    """A sparse (or otherwise non-strided) tensor would reach backend internals and fail there with an
+    unrelated message: refuse it here, by name."""
+    if x.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {x.layout}; "
+                        f"convert it with {name}.to_dense()")
 
 
 def check_pair(a_name: str, a: torch.Tensor, b_name: str, b: torch.Tensor) -> None:
@@ -49,7 +58,8 @@ def check_same_batch(a_name: str, a: torch.Tensor, b_name: str, b: torch.Tensor)
 def as_scalar(name: str, value, like: torch.Tensor, *, optional: bool = False) -> torch.Tensor | None:
     """logit_scale / logit_bias: a 0-d (or one-element) tensor, kept in the autograd graph.
 
-    Python numbers are accepted for functionals (they become constants); modules get tensors from
+    Python numbers are accepted for functionals (they become constants, in float32 or in float64
+    for float64 features, so an fp64 loss stays fp64 throughout); modules get tensors from
     open_clip. Anything else is a TypeError naming the argument.
     """
     if value is None:
@@ -59,9 +69,10 @@ def as_scalar(name: str, value, like: torch.Tensor, *, optional: bool = False) -
     if isinstance(value, bool):
         raise TypeError(f"{name} must be a tensor or a number, got bool")
     if isinstance(value, (int, float)):
-        return torch.tensor(float(value), device=like.device, dtype=torch.float32)
+        return torch.tensor(float(value), device=like.device, dtype=torch.promote_types(like.dtype, torch.float32))
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a 0-d tensor or a number, got {type(value).__name__}")
+    check_dense(name, value)
     if value.numel() != 1:
         raise ValueError(f"{name} must hold a single value, got shape {tuple(value.shape)}")
     if not value.is_floating_point():
@@ -74,6 +85,7 @@ def as_scalar(name: str, value, like: torch.Tensor, *, optional: bool = False) -
 def check_labels(name: str, labels, rows: int, cols: int, device: torch.device) -> torch.Tensor:
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of class indices, got {type(labels).__name__}")
+    check_dense(name, labels)
     if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
         raise TypeError(f"{name} must be an integer tensor, got {labels.dtype}")
     if labels.shape != (rows,):
@@ -89,3 +101,25 @@ def check_labels(name: str, labels, rows: int, cols: int, device: torch.device) 
         if lo < 0 or hi >= cols:
             raise ValueError(f"{name} must lie in [0, {cols}) (the number of columns), got values in [{lo}, {hi}]")
     return labels.long()
+
+
+def no_double_backward(op: str, backend: str):
+    """An autograd formula for a fused backward op that refuses to be differentiated: a gradient of
+    a gradient (create_graph=True, a gradient penalty, double backward) raises this clear error
+    instead of torch treating the op's output as a constant (a silently wrong second derivative)."""
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"clipkern: double backward (differentiating a gradient, e.g. create_graph=True for a gradient "
+            f"penalty) is not implemented by the fused {op} of backend={backend!r}; use "
+            "backend='reference' (plain torch, which supports it) for second-order gradients")
+    return backward
+
+
+def register_no_double_backward(op, name: str, backend: str) -> None:
+    """Registers `no_double_backward` on a backward op: `op` is a torch.library custom op or an
+    operator name such as "clipkern::contrastive_bwd"."""
+    setup = lambda ctx, inputs, output: None  # noqa: E731 (nothing to save)
+    if isinstance(op, str):
+        torch.library.register_autograd(op, no_double_backward(name, backend), setup_context=setup)
+    else:
+        op.register_autograd(no_double_backward(name, backend), setup_context=setup)

@@ -8,7 +8,8 @@ import torch
 
 from . import _backend
 from ._checks import FLOAT_DTYPES as _FLOAT_DTYPES
-from ._checks import _is_compiling, as_scalar, check_features, check_labels, check_pair, check_same_batch
+from ._checks import (_is_compiling, as_scalar, check_dense, check_features, check_labels, check_pair,
+                      check_same_batch)
 from .ops.contrastive import contrastive_loss as _contrastive
 from .ops.imsep import imsep_single as _imsep_single
 from .ops.pairdiff import pairwise_difference_loss as _pairdiff
@@ -89,6 +90,9 @@ def siglip_loss(image_features, text_features, logit_scale, logit_bias, *, label
 
 
 def _check_modalities(modalities) -> tuple[str, ...]:
+    if not isinstance(modalities, (str, tuple, list)):
+        raise TypeError(f"modalities must be a string or a tuple/list of strings from {IMSEP_MODALITIES}, "
+                        f"got {type(modalities).__name__} ({modalities!r})")
     names = (modalities,) if isinstance(modalities, str) else tuple(modalities)
     unknown = [m for m in names if m not in IMSEP_MODALITIES]
     if not names or unknown or len(set(names)) != len(names):
@@ -131,6 +135,7 @@ def _check_ranking_pair(scores, targets) -> None:
     for name, x in (("scores", scores), ("targets", targets)):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        check_dense(name, x)
         if x.dim() != 2:
             raise ValueError(f"{name} must be 2-D (rows, list length), got shape {tuple(x.shape)}")
         if x.dtype not in _FLOAT_DTYPES:
@@ -178,6 +183,7 @@ def _check_pairs(pairs, rows: int, images: int, device: torch.device) -> torch.T
     """pairs: an integer (P, 2) tensor, P = rows ≥ 1, entries in [0, images). Returns it as long."""
     if not isinstance(pairs, torch.Tensor):
         raise TypeError(f"pairs must be a torch.Tensor of image indices, got {type(pairs).__name__}")
+    check_dense("pairs", pairs)
     if pairs.dtype not in _INT_DTYPES:
         raise TypeError(f"pairs must be an integer tensor of image indices, got {pairs.dtype}")
     if pairs.dim() != 2 or pairs.shape[1] != 2:
@@ -204,12 +210,18 @@ def pairwise_difference_loss(text_features, image_features, pairs, logit_scale=1
 
     all_pairs=False (the paper's form): a P×P symmetric CE between Ê and the listed pairs' δ, on
     the fused contrastive kernel. all_pairs=True: each text is scored against all N(N−1) ordered
-    image pairs, s·(A[p, i] − A[p, j])/sqrt(2 − 2·G_ij) with A = ÊĜᵀ, G = ĜĜᵀ, by a fused kernel
-    (no P×N² logits, no N²×D differences); the pair → text direction is the listed form's.
-    Degenerate pairs (i = j, or identical images: ‖Ĝ_i − Ĝ_j‖² ≤ 1e-5) have δ = 0: they are dropped
+    image pairs, s·(A[p, i] − A[p, j])/‖Ĝ_i − Ĝ_j‖ with A = ÊĜᵀ, by a fused kernel (no P×N² logits,
+    no N²×D differences; the distances come from explicit differences, accurate for near-duplicate
+    images); the pair → text direction is the listed form's. Degenerate pairs (i = j, or identical
+    images: ‖Ĝ_i − Ĝ_j‖² ≤ 1e-5, decided by one rule on every backend) have δ = 0: they are dropped
     as positives (the means run over the non-degenerate listed pairs; 0 if there is none) and
     score a constant 0 as candidates, so the loss stays finite. logit_scale defaults to the
     paper's fixed 1. Gradients reach both feature matrices and logit_scale.
+
+    Non-finite input: the listed form reads only the listed pairs' images, so a NaN/inf image that
+    no pair uses leaves that loss finite (it does not depend on the image; its gradient is exactly 0); a
+    non-finite used image, text or logit_scale makes the loss NaN. The all-pairs form scores every
+    image, so any non-finite image makes it NaN.
     """
     check_pair("text_features", text_features, "image_features", image_features)
     if image_features.shape[0] < 2:

@@ -7,6 +7,8 @@ only `*_loss` keys, as open_clip's training loop sums every value of the dict.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 
@@ -187,6 +189,15 @@ def _is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
+def _check_epoch(epoch) -> float:
+    """RankClipLoss's epoch: a finite number (a NaN epoch would make the ramp weight, hence the loss, NaN)."""
+    if not _is_number(epoch):
+        raise TypeError(f"epoch must be a number (epochs count from 1), got {type(epoch).__name__}")
+    if not math.isfinite(epoch):
+        raise ValueError(f"epoch must be finite (epochs count from 1), got {epoch!r}")
+    return epoch
+
+
 class RankClipLoss(nn.Module):
     """RankCLIP: the CLIP loss plus list-wise ranking consistency (docs/design.md §1.4), fused.
 
@@ -245,9 +256,7 @@ class RankClipLoss(nn.Module):
 
     def set_epoch(self, epoch: float) -> None:
         """The current epoch (from 1) for the ramp; used when forward gets no `epoch`."""
-        if not _is_number(epoch):
-            raise TypeError(f"epoch must be a number (epochs count from 1), got {type(epoch).__name__}")
-        self.epoch = epoch
+        self.epoch = _check_epoch(epoch)
 
     def ramp_weight(self, epoch: float) -> float:
         """w(e) = clamp(ramp_slope·(e − 1)/(total_epochs − 1), 0, ramp_max)."""
@@ -263,8 +272,8 @@ class RankClipLoss(nn.Module):
             if epoch is None:
                 raise ValueError("RankClipLoss needs the current epoch for its ramp: call set_epoch(e) or "
                                  "pass epoch=e (epochs count from 1)")
-        elif not _is_number(epoch):
-            raise TypeError(f"epoch must be a number (epochs count from 1), got {type(epoch).__name__}")
+        else:
+            epoch = _check_epoch(epoch)
         clip = self.clip_weight * F.clip_loss(image_features, text_features, logit_scale, logit_bias,
                                               backend=self.backend)
         w = self.ramp_weight(epoch)

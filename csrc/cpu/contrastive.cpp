@@ -4,7 +4,9 @@
 //   S = scale · x yᵀ                         x: (M, D), y: (N, D); fp32 math (fp64 for fp64 input)
 //   forward:  row_max[i] = max_j S[i,j],   row_logsum[i] = log Σ_j exp(S[i,j] − row_max[i])
 //             col_max[j] = max_i S[i,j],   col_logsum[j] = log Σ_i exp(S[i,j] − col_max[j])
-//   backward: P_r = exp(S − row_max − row_logsum)  (rows),  P_c = exp(S − col_max − col_logsum)  (columns)
+//   backward: P_r = exp((S − row_max) − row_logsum)  (rows),  P_c = exp((S − col_max) − col_logsum)  (columns)
+//             (the pair is never merged into one lse: at |S| ~ 100 the rounding of an fp32 lse would be
+//             the relative error of every P, as in the CUDA and Triton kernels)
 //             dS = g_row[:,None]·P_r + g_col[None,:]·P_c
 //             dx = scale·dS y,  dy = scale·dSᵀ x,  dscale = Σ_ij dS_ij (x yᵀ)_ij
 //
@@ -109,8 +111,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_bwd_cpu(
   const auto acc = acc_type(x_in);
   const at::Tensor x = x_in.to(acc).contiguous(), y = y_in.to(acc).contiguous();
   const at::Tensor s = scale.to(acc).reshape({});
-  const at::Tensor row_lse = (row_max.to(acc) + row_logsum.to(acc)).unsqueeze(1);
-  const at::Tensor col_lse = (col_max.to(acc) + col_logsum.to(acc)).unsqueeze(0);
+  const at::Tensor rmax = row_max.to(acc).unsqueeze(1), rlog = row_logsum.to(acc).unsqueeze(1);
+  const at::Tensor cmax = col_max.to(acc).unsqueeze(0), clog = col_logsum.to(acc).unsqueeze(0);
   const at::Tensor gr = g_row.to(acc).unsqueeze(1), gc = g_col.to(acc).unsqueeze(0);
   at::Tensor dx = at::full({M, D}, std::numeric_limits<double>::quiet_NaN(), x.options());
   at::Tensor dy = at::zeros({N, D}, x.options());
@@ -121,8 +123,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_bwd_cpu(
     const at::Tensor xb = x.narrow(0, start, rows);
     const at::Tensor dot = at::matmul(xb, yt);  // (x yᵀ) tile, rows × N
     const at::Tensor tile = dot * s;
-    at::Tensor ds = (tile - row_lse.narrow(0, start, rows)).exp_().mul_(gr.narrow(0, start, rows));
-    ds.add_((tile - col_lse).exp_().mul_(gc));
+    at::Tensor ds = (tile - rmax.narrow(0, start, rows)).sub_(rlog.narrow(0, start, rows)).exp_();
+    ds.mul_(gr.narrow(0, start, rows));
+    ds.add_((tile - cmax).sub_(clog).exp_().mul_(gc));
     dx.narrow(0, start, rows).copy_(at::matmul(ds, y));
     dy.add_(at::matmul(ds.t(), xb));
     dscale.add_((ds * dot).sum());

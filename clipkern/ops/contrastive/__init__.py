@@ -7,8 +7,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ..._checks import register_no_double_backward
 from .. import dispatch
-from ..base import positive_logits, zero_grad_term
+from ..base import accumulation_dtype, positive_logits, zero_grad_term
 from . import reference
 
 
@@ -63,6 +64,7 @@ def lse_backward(bwd_op):
 
 
 triton_contrastive_lse.register_autograd(lse_backward(triton_contrastive_lse_bwd), setup_context=lse_setup_context)
+register_no_double_backward(triton_contrastive_lse_bwd, "contrastive statistics", "triton")
 
 
 @torch.library.custom_op("clipkern::triton_clip_loss", mutates_args=())
@@ -118,6 +120,7 @@ def _loss_backward(ctx, g, *_unused):
 
 
 triton_clip_loss.register_autograd(_loss_backward, setup_context=_loss_setup_context)
+register_no_double_backward(triton_clip_loss_bwd, "contrastive loss", "triton")
 
 
 def lse_op(backend: str):
@@ -145,7 +148,11 @@ def triton_loss(a: Tensor, c: Tensor, scale: Tensor, bias: Tensor | None, labels
 def extension_loss(a: Tensor, c: Tensor, scale: Tensor, bias: Tensor | None, labels: Tensor | None,
                    symmetric: bool) -> Tensor:
     labels = torch.arange(a.shape[0], device=a.device) if labels is None else labels
-    row_max, row_logsum, col_max, col_logsum = lse_op("cuda")(a, c, scale.float())
+    # one scale in the op's accumulation dtype (fp64 for fp64 features on a CPU) for the op and the
+    # positives: an fp32-rounded scale in the op against the fp64 one in `pos` left a nonzero loss where
+    # it must be 0, and two separately rounded ds parts summed to a less accurate ds
+    scale = scale.to(accumulation_dtype(a))
+    row_max, row_logsum, col_max, col_logsum = lse_op("cuda")(a, c, scale)
     row_lse, col_lse = row_max + row_logsum, col_max + col_logsum
     pos = positive_logits(a, c, labels, scale)
     loss = (row_lse - pos).mean()

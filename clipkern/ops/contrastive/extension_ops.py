@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..._checks import register_no_double_backward
 from ..base import accumulation_dtype, extension_ops
 from . import lse_backward, lse_setup_context
 
@@ -29,6 +30,7 @@ def _(x, y, scale, row_max, row_logsum, col_max, col_logsum, g_row, g_col):
 
 torch.library.register_autograd("clipkern::contrastive_fwd", lse_backward(_OPS.contrastive_bwd),
                                setup_context=lse_setup_context)
+register_no_double_backward("clipkern::contrastive_bwd", "contrastive statistics", "cuda")
 
 
 def cuda_contrastive_lse(x: Tensor, y: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

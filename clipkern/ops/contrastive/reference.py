@@ -6,16 +6,18 @@
     symmetric loss  = ½ (row + column);  rows-only loss = row
 
 With square inputs and y = arange(B) this is open_clip's ClipLoss: ½[CE(S, y) + CE(Sᵀ, y)].
-The bias cancels inside every softmax.
+The bias cancels inside every softmax. 16-bit features are computed in float32 (as the fused
+kernels accumulate), so no fp16 logit or sum overflows; float64 stays float64.
 """
 import torch
 import torch.nn.functional as F
 
 
 def contrastive_loss(a, c, scale, bias, labels, symmetric: bool) -> torch.Tensor:
-    logits = scale * (a @ c.T)
+    acc = torch.promote_types(a.dtype, torch.float32)
+    logits = scale.to(acc) * (a.to(acc) @ c.to(acc).T)
     if bias is not None:
-        logits = logits + bias
+        logits = logits + bias.to(acc)
     row = F.cross_entropy(logits, labels)
     if not symmetric:
         return row

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..._checks import register_no_double_backward
 from .. import dispatch
 
 from . import reference
@@ -61,6 +62,7 @@ def _backward(ctx, g, *_stat_grads):
 
 
 triton_imsep_loss.register_autograd(_backward, setup_context=_setup_context)
+register_no_double_backward(triton_imsep_loss_bwd, "IMSep loss", "triton")
 
 
 def reference_loss(x: Tensor, y: Tensor, semantic: Tensor, scale: Tensor) -> Tensor:

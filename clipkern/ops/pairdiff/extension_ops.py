@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..._checks import register_no_double_backward
 from ..base import accumulation_dtype, extension_ops
 from . import pairdiff_backward, pairdiff_setup_context
 
@@ -27,6 +28,7 @@ def _(a, r, scale, lse_max, lse_logsum, g):
 
 torch.library.register_autograd("clipkern::pairdiff_fwd", pairdiff_backward(_OPS.pairdiff_bwd),
                                setup_context=pairdiff_setup_context)
+register_no_double_backward("clipkern::pairdiff_bwd", "all-pairs difference statistics", "cuda")
 
 
 def cuda_pairdiff_lse(a: Tensor, r: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:

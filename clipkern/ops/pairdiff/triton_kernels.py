@@ -2,9 +2,10 @@ r"""Fused all-pairs pairwise-difference (PC-CLIP) kernels: the text → pair log
 ordered image pair and its backward. No P×N² buffer and no N²×D difference tensor.
 
 Notation (the code's symbols): A = ÊĜᵀ (P×N, fp32), R (N×N, fp32) with
-    R[i, j] = 1 / sqrt(2 − 2·G_ij) for a non-degenerate pair i ≠ j, 0 for a degenerate one
-(computed in torch: clipkern/ops/pairdiff/__init__.py; torch autograd turns ∂L/∂R into ∂L/∂G via
-dR/dG = R³ and carries ∂L/∂A, ∂L/∂G back to the features), s = scale, and per text p
+    R[i, j] = 1 / ‖Ĝ_i − Ĝ_j‖ for a non-degenerate pair i ≠ j, 0 for a degenerate one
+(computed in torch: clipkern/ops/pairdiff/__init__.py, the distance from explicit differences, not
+2 − 2·G_ij, which cancels for near-duplicates; torch autograd carries ∂L/∂R and ∂L/∂A back to the
+features), s = scale, and per text p
     L[p, i, j] = s · (A[p, i] − A[p, j]) · R[i, j]       candidates: every i ≠ j
     lse[p]     = log Σ_{i≠j} exp(L[p, i, j])
 (pairs (i, i) are excluded by the mask; degenerate pairs i ≠ j have R = 0, i.e. a logit-0 candidate:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..._checks import register_no_double_backward
 from .. import dispatch
 from . import reference
 from .reference import DECAYS
@@ -70,6 +71,7 @@ def rows_backward(bwd_op):
 
 
 triton_listmle_rows.register_autograd(rows_backward(triton_listmle_rows_bwd), setup_context=rows_setup_context)
+register_no_double_backward(triton_listmle_rows_bwd, "ListMLE", "triton")
 
 
 # ---------------------------------------------------------------------------------- fused ops
@@ -114,6 +116,7 @@ def _features_backward(ctx, g):
 
 
 triton_listmle_features.register_autograd(_features_backward, setup_context=_features_setup_context)
+register_no_double_backward(triton_listmle_features_bwd, "RankCLIP ListMLE (from features)", "triton")
 
 
 # ----------------------------------------------------------------------------------- dispatch

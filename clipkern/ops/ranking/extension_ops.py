@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..._checks import register_no_double_backward
 from ..base import accumulation_dtype, extension_ops
 from . import rows_backward, rows_setup_context
 
@@ -27,6 +28,7 @@ def _(scores, targets, g, decay_log):
 
 torch.library.register_autograd("clipkern::listmle_fwd", rows_backward(_OPS.listmle_bwd),
                                setup_context=rows_setup_context)
+register_no_double_backward("clipkern::listmle_bwd", "ListMLE", "cuda")
 
 
 def cuda_listmle_rows(scores: Tensor, targets: Tensor, decay_log: bool) -> Tensor:

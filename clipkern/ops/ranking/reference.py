@@ -28,10 +28,11 @@ def position_weights(n: int, decay: str | None, like: torch.Tensor) -> torch.Ten
 
 
 def listmle_rows(scores: torch.Tensor, targets: torch.Tensor, decay: str | None = None) -> torch.Tensor:
-    """ℓ_r for every row (shape (B,), in the scores' dtype)."""
+    """ℓ_r for every row (shape (B,)), computed in float32 for 16-bit scores (as the kernels
+    accumulate: no fp16 sum overflows), float64 for float64."""
     targets = targets.detach()
     order = torch.sort(targets, dim=1, descending=True, stable=True).indices
-    q = scores.gather(1, order)
+    q = scores.to(torch.promote_types(scores.dtype, torch.float32)).gather(1, order)
     suffix_lse = q.flip(1).logcumsumexp(dim=1).flip(1)
     terms = suffix_lse - q
     w = position_weights(q.shape[1], decay, q)

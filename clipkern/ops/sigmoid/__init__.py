@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ..._checks import register_no_double_backward
 from .. import dispatch
 from . import reference
 
@@ -56,6 +57,7 @@ def _backward(ctx, g):
 
 
 triton_sigmoid_loss.register_autograd(_backward, setup_context=_setup_context)
+register_no_double_backward(triton_sigmoid_loss_bwd, "SigLIP loss", "triton")
 
 
 def reference_loss(a: Tensor, c: Tensor, scale: Tensor, bias: Tensor | None, labels: Tensor | None) -> Tensor:
