@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -140,17 +141,14 @@ def simulated_target() -> str | None:
 _CONFIG_DTYPE: list[torch.dtype] = []
 
 
-class config_dtype:
-    """Context manager for the performance model: tile as if the features were `dtype` (the
-    interpreter has no bf16, so it counts bf16 launches on fp32 tensors)."""
-
-    def __init__(self, dtype: torch.dtype):
-        self.dtype = dtype
-
-    def __enter__(self):
-        _CONFIG_DTYPE.append(self.dtype)
-
-    def __exit__(self, *exc):
+@contextmanager
+def config_dtype(dtype: torch.dtype):
+    """For the performance model: tile as if the features were `dtype` (the interpreter has no
+    bf16, so it counts bf16 launches on fp32 tensors)."""
+    _CONFIG_DTYPE.append(dtype)
+    try:
+        yield
+    finally:
         _CONFIG_DTYPE.pop()
 
 
@@ -256,14 +254,14 @@ def workspace_rows(rows: int, cols: int, width: int, elem_bytes: int, tile: int)
 _CUDA_GEMM_PATHS: list[bool] = []
 
 
-class cuda_gemm_paths:
+@contextmanager
+def cuda_gemm_paths():
     """For the performance model's structural pass (which records GEMMs without running them): take
     the CUDA tensors' GEMM calls (fp32 accumulation by addmm/mm with out_dtype) on CPU tensors."""
-
-    def __enter__(self):
-        _CUDA_GEMM_PATHS.append(True)
-
-    def __exit__(self, *exc):
+    _CUDA_GEMM_PATHS.append(True)
+    try:
+        yield
+    finally:
         _CUDA_GEMM_PATHS.pop()
 
 

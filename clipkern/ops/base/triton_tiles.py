@@ -87,6 +87,23 @@ def merge_splits(m_part_ptr, l_part_ptr, offs, mask, length, splits, BLOCK: tl.c
     return m, tl.log(tl.where(mask, l, 1.0))
 
 
+@triton.jit
+def ds_tile(row0, row_end, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This dS program's (row tile, column tile) of a row chunk [row0, row_end): (offs_m, offs_n,
+    mask_m, mask_n) in absolute row and column indices."""
+    offs_m = row0 + tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    return offs_m, offs_n, offs_m < row_end, offs_n < N
+
+
+@triton.jit
+def store_ds_tile(ds_ptr, vals, offs_m, offs_n, row0, mask, stride_ds):
+    """Store a tile of dS into the chunk's workspace (rows relative to row0, 64-bit offsets: the
+    workspace can exceed 2^31 elements), cast to its element type."""
+    local = (offs_m - row0).to(tl.int64)
+    tl.store(ds_ptr + local[:, None] * stride_ds + offs_n[None, :], vals.to(ds_ptr.dtype.element_ty), mask=mask)
+
+
 def dot_precision(dtype, interpret: bool) -> str:
     """fp32 inputs use 3xTF32 on the GPU (fp32-level error, unlike plain TF32); 16-bit inputs use
     the tensor cores directly; the interpreter computes in IEEE fp32."""

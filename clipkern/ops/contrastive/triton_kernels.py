@@ -33,7 +33,8 @@ cuBLAS GEMMs (4·M·N·D FLOPs; ops/base.chunked_input_grads). Workspace offsets
 import triton
 import triton.language as tl
 
-from ..base.triton_tiles import col_stats_first_or_merge, merge_splits, scaled_max, split_ranges, tile_dot
+from ..base.triton_tiles import (col_stats_first_or_merge, ds_tile, merge_splits, scaled_max, split_ranges,
+                                 store_ds_tile, tile_dot)
 
 
 @triton.jit
@@ -117,13 +118,8 @@ def _contrastive_ds_kernel(
     INTERPRETED: tl.constexpr, PRECISION: tl.constexpr,
     COLS: tl.constexpr, G_VECTOR: tl.constexpr, HAS_LABELS: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
     scale = tl.load(scale_ptr).to(tl.float32)
-    offs_m = row0 + pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < row_end
-    mask_n = offs_n < N
+    offs_m, offs_n, mask_m, mask_n = ds_tile(row0, row_end, N, BLOCK_M, BLOCK_N)
     raw = tile_dot(x_ptr, y_ptr, offs_m, offs_n, mask_m, mask_n, D, stride_x, stride_y,
                    BLOCK_M, BLOCK_N, BLOCK_K, INTERPRETED, PRECISION)
     m_r = tl.load(row_m_ptr + offs_m, mask=mask_m, other=0.0)
@@ -151,7 +147,5 @@ def _contrastive_ds_kernel(
             lab = offs_m
         ds -= tl.where(offs_n[None, :] == lab[:, None], g * w_pos, 0.0)
     ds = tl.where(mask_m[:, None] & mask_n[None, :], ds, 0.0)
-    tl.store(dscale_part_ptr + pid_m * tl.num_programs(1) + pid_n, tl.sum(tl.sum(ds * raw, axis=1), axis=0))
-    local = (offs_m - row0).to(tl.int64)
-    tl.store(ds_ptr + local[:, None] * stride_ds + offs_n[None, :], (ds * scale).to(ds_ptr.dtype.element_ty),
-             mask=mask_m[:, None] & mask_n[None, :])
+    tl.store(dscale_part_ptr + tl.program_id(0) * tl.num_programs(1) + tl.program_id(1), tl.sum(tl.sum(ds * raw, axis=1), axis=0))
+    store_ds_tile(ds_ptr, ds * scale, offs_m, offs_n, row0, mask_m[:, None] & mask_n[None, :], stride_ds)

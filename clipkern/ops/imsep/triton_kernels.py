@@ -40,7 +40,8 @@ feature dtype, chunk rows a multiple of the E tile within the budget of ops/base
 import triton
 import triton.language as tl
 
-from ..base.triton_tiles import col_stats_first_or_merge, merge_splits, scaled_max, split_ranges, tile_dot
+from ..base.triton_tiles import (col_stats_first_or_merge, ds_tile, merge_splits, scaled_max, split_ranges,
+                                 store_ds_tile, tile_dot)
 
 
 @triton.jit
@@ -124,10 +125,7 @@ def _imsep_ds_kernel(
     scale = tl.load(scale_ptr).to(tl.float32)
     g = tl.load(g_ptr).to(tl.float32) / B  # g_i: the loss is a mean over the rows
     tile_row = row0 + pid_m * BLOCK_M
-    offs_m = tile_row + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < row_end
-    mask_n = offs_n < B
+    offs_m, offs_n, mask_m, mask_n = ds_tile(row0, row_end, B, BLOCK_M, BLOCK_N)
     v, w = _imsep_products(x_ptr, u_ptr, offs_m, offs_n, mask_m, mask_n, D, K, stride_x, stride_u,
                            BLOCK_M, BLOCK_N, BLOCK_K, INTERPRETED, PRECISION)
     m_r = tl.load(row_m_ptr + offs_m, mask=mask_m, other=0.0)
@@ -140,8 +138,7 @@ def _imsep_ds_kernel(
     off = (offs_m[:, None] != offs_n[None, :]) & valid
     part = tl.sum(tl.sum(tl.where(off, gp_r * v, 0.0), axis=1), axis=0)
     e = tl.where(off, (scale * w) * (gp_r + gp_c), 0.0)
-    local = (offs_m - row0).to(tl.int64)
-    tl.store(ds_ptr + local[:, None] * stride_ds + offs_n[None, :], e.to(ds_ptr.dtype.element_ty), mask=valid)
+    store_ds_tile(ds_ptr, e, offs_m, offs_n, row0, valid, stride_ds)
     if tile_row == pid_n * BLOCK_N:  # the tile holding these rows' diagonal (chunks are tile-aligned)
         d = tl.load(diag_ptr + offs_m, mask=mask_m, other=0.0)
         gp_d = g * (tl.exp(tl.fma(d, scale, -m_r) - logl_r) - 1.0)

@@ -31,7 +31,7 @@ Total: forward 2·M·N·D, backward 6·M·N·D FLOPs.
 import triton
 import triton.language as tl
 
-from ..base.triton_tiles import split_ranges, tile_dot
+from ..base.triton_tiles import ds_tile, split_ranges, store_ds_tile, tile_dot
 
 
 @triton.jit
@@ -87,15 +87,10 @@ def _sigmoid_ds_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     INTERPRETED: tl.constexpr, PRECISION: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LABELS: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
     scale = tl.load(scale_ptr).to(tl.float32)
     bias = tl.load(bias_ptr).to(tl.float32) if HAS_BIAS else 0.0
     w = tl.load(g_ptr).to(tl.float32) * inv_m
-    offs_m = row0 + pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < row_end
-    mask_n = offs_n < N
+    offs_m, offs_n, mask_m, mask_n = ds_tile(row0, row_end, N, BLOCK_M, BLOCK_N)
     raw = tile_dot(x_ptr, y_ptr, offs_m, offs_n, mask_m, mask_n, D, stride_x, stride_y,
                    BLOCK_M, BLOCK_N, BLOCK_K, INTERPRETED, PRECISION)
     lab = tl.load(labels_ptr + offs_m, mask=mask_m, other=-1) if HAS_LABELS else offs_m
@@ -104,9 +99,7 @@ def _sigmoid_ds_kernel(
     e = tl.exp(-tl.abs(t))
     dl = -z * w * tl.where(t > 0, e, 1.0) / (1.0 + e)
     dl = tl.where(mask_m[:, None] & mask_n[None, :], dl, 0.0)
-    slot = pid_m * tl.num_programs(1) + pid_n
+    slot = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
     tl.store(dscale_part_ptr + slot, tl.sum(tl.sum(dl * raw, axis=1), axis=0))
     tl.store(dbias_part_ptr + slot, tl.sum(tl.sum(dl, axis=1), axis=0))
-    local = (offs_m - row0).to(tl.int64)
-    tl.store(ds_ptr + local[:, None] * stride_ds + offs_n[None, :], (dl * scale).to(ds_ptr.dtype.element_ty),
-             mask=mask_m[:, None] & mask_n[None, :])
+    store_ds_tile(ds_ptr, dl * scale, offs_m, offs_n, row0, mask_m[:, None] & mask_n[None, :], stride_ds)
