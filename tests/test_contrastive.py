@@ -153,3 +153,21 @@ def test_backward_probabilities_match_forward_statistics(device, target, monkeyp
     cols = _ds_matrix(x, y, scale, zeros_r, ones_c).double().sum(dim=0) / 100
     assert (rows - 1).abs().max().item() < 2e-6
     assert (cols - 1).abs().max().item() < 2e-6
+
+
+@pytest.mark.parametrize("target", ["", "sm90"])
+def test_columns_far_below_the_tile_take_the_exact_path(target, monkeypatch):
+    """The forward's column sums reuse the row exps relative to one reference per tile (one exp per
+    logit). Columns whose every entry is ~200 below the tile's row maxima would underflow there; the
+    forward must detect it (COL_SUM_FLOOR, col_stats_from_row_exps) and take one exp per element for
+    that tile. Half the rows' positives sit in such columns."""
+    monkeypatch.setenv("CLIPKERN_TARGET", target)
+    g = torch.Generator().manual_seed(3)
+    B, D = 40, 8
+    e1 = torch.zeros(D)
+    e1[0] = 1.0
+    sign = torch.where(torch.arange(B) < B // 2, 1.0, -1.0)[:, None]
+    x = torch.nn.functional.normalize(e1 + 0.2 * torch.randn(B, D, generator=g), dim=1)
+    y = torch.nn.functional.normalize(sign * e1 + 0.2 * torch.randn(B, D, generator=g), dim=1)
+    inputs = dict(image_features=x, text_features=y, logit_scale=torch.tensor(100.0))
+    check_against_reference(CF.clip_loss, inputs, F32, ["image_features", "text_features", "logit_scale"])

@@ -187,8 +187,8 @@ def tile_config(rows: int, cols: int, width: int, device: torch.device, dtype: t
         return TileConfig(blocks, blocks, min(2, math.ceil(rows / 64)), min(2, math.ceil(cols / 64)))
     # From the sm_90a compile with the JIT's specialization (python -m benchmarks.roofline): every
     # choice compiles to wgmma with cp.async staging and no spills. 16-bit: 128×64 tiles, BLOCK_K = 64,
-    # one warpgroup (4 warps): the forward at 255 registers and 72 KB of shared memory, the dS kernel at
-    # ~190, so two CTAs share an SM and one's softmax runs under the other's MMAs (8 warps on 128×128
+    # one warpgroup (4 warps): the forward at 255 registers and 72 KB of shared memory (two CTAs per SM),
+    # the dS kernel at 168 (three), so one CTA's softmax runs under another's MMAs (8 warps on 128×128
     # tiles fit one CTA per SM). fp32 (3xTF32, three MMAs per product): 64×64, BLOCK_K = 32.
     # Two dots per tile (IMSep): 64×64, BLOCK_K = 32 (16 for fp32: 32 spills).
     wide = dtype == torch.float32

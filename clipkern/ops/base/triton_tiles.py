@@ -53,13 +53,41 @@ def scaled_max(raw, scale, mask, axis: tl.constexpr):
     return tl.max(tl.where(mask, signed, float("-inf")), axis=axis) * tl.abs(scale)
 
 
+# A column partial Σ_i exp(S − t) whose terms are all below this (natural-log −40) may have lost terms
+# to flush-to-zero (each lost term < 2^−126, ≤ 128 of them: relative error < 1e−18 above the floor);
+# below it the tile's column statistics are recomputed with one exp per element of the column's own max.
+COL_SUM_FLOOR = tl.constexpr(4.2e-18)
+
+
 @triton.jit
-def col_stats_first_or_merge(col_m_ptr, col_l_ptr, v, scale, offs_n, mask_m, mask_n, first):
-    """Column statistics of a tile's valid rows (max of scale·v; exponents fma(v, scale, −m)), stored
-    on the first visit or merged into the partials that this program owns."""
+def col_stats_exact(v, scale, mask_m):
+    """Column (max of scale·v, Σ exp(fma(v, scale, −max))) over a tile's valid rows: one exp per element."""
     t_m = scaled_max(v, scale, mask_m[:, None], 0)
     safe = tl.where(t_m == float("-inf"), 0.0, t_m)
     t_l = tl.sum(tl.where(mask_m[:, None], tl.exp(tl.fma(v, scale, -safe[None, :])), 0.0), axis=0)
+    return t_m, t_l
+
+
+@triton.jit
+def col_stats_from_row_exps(p, m_row, v, scale, mask_m, mask_n):
+    """Column statistics of a tile from the row-referenced exponentials p = exp(fma(v, scale, −m_row))
+    that the row statistics already computed: with t = max over valid rows of m_row and
+    w_i = exp(m_row[i] − t) ≤ 1, Σ_i exp(S_ij − t) = Σ_i p_ij·w_i, so one column reference t per tile
+    and BLOCK_M exps replace BLOCK_M × BLOCK_N. If any valid column's sum falls below COL_SUM_FLOOR
+    (its entries all far below t), the tile takes `col_stats_exact` instead."""
+    t = tl.max(tl.where(mask_m, m_row, float("-inf")), axis=0)
+    w = tl.where(mask_m, tl.exp(m_row - t), 0.0)
+    t_l = tl.sum(p * w[:, None], axis=0)
+    t_m = tl.zeros_like(t_l) + t
+    if tl.min(tl.where(mask_n, t_l, 1.0), axis=0) < COL_SUM_FLOOR:
+        t_m, t_l = col_stats_exact(v, scale, mask_m)
+    return t_m, t_l
+
+
+@triton.jit
+def col_partials_store_or_merge(col_m_ptr, col_l_ptr, t_m, t_l, offs_n, mask_n, first):
+    """Store a tile's column statistics (t_m, t_l) on the first visit, or merge them into the partials
+    that this program owns (online-softmax merge; no initialisation, no atomics)."""
     if first:
         tl.store(col_m_ptr + offs_n, t_m, mask=mask_n)
         tl.store(col_l_ptr + offs_n, t_l, mask=mask_n)

@@ -4,11 +4,15 @@ bounded row-chunk workspace.
 Notation (as in the code): X = own rows (M×D), Y = other rows (N×D), s = logit scale,
 raw = X Yᵀ (fp32 accumulation), S = s·raw. Every kernel forms an exponent of S as
 fma(raw, s, −m): one rounding, the same in the forward and the backward, so P in the backward is
-consistent with the statistics of the forward bit for bit in the product.
+consistent with the statistics of the forward bit for bit in the product (row direction; the
+column direction reuses the row exps, see below).
 
 Forward (`_contrastive_fwd_kernel`), one pass over the tiles gives both statistics:
     row:    m_r[i] = max_j S[i, j],  l_r[i] = Σ_j exp(S[i, j] − m_r[i])     online along j
-    column: m_c[j] = max_i S[i, j],  l_c[j] = Σ_i exp(S[i, j] − m_c[j])     online along i
+    column: m_c[j] ≥ max_i S[i, j],  l_c[j] = Σ_i exp(S[i, j] − m_c[j])     online along i
+    One exp per logit: a tile's column sums reuse the row exps p = exp(S − m_r) as Σ_i p_ij·exp(m_r[i] − t)
+    with one reference t = max_i m_r per tile (its m_c partial is t), and fall back to exp(S − max_i S)
+    per element for a tile where a column's sum would fall below COL_SUM_FLOOR (base/triton_tiles.py).
     positive: S[i, y_i], picked out of the tile that holds column y_i (no separate dot product).
     lse = m + log l; the pair (m, log l) is kept rather than one fp32 lse (at s = 100 the lse is ~100
     and its rounding would become the relative error of every P). COLS=False (rows-only loss)
@@ -33,8 +37,8 @@ cuBLAS GEMMs (4·M·N·D FLOPs; ops/base.chunked_input_grads). Workspace offsets
 import triton
 import triton.language as tl
 
-from ..base.triton_tiles import (col_stats_first_or_merge, ds_tile, merge_splits, scaled_max, split_ranges,
-                                 store_ds_tile, tile_dot)
+from ..base.triton_tiles import (col_partials_store_or_merge, col_stats_from_row_exps,
+                                 ds_tile, merge_splits, scaled_max, split_ranges, store_ds_tile, tile_dot)
 
 
 @triton.jit
@@ -68,9 +72,10 @@ def _contrastive_fwd_kernel(
             p = tl.exp(tl.fma(raw, scale, -m_new[:, None]))
             l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.where(mask_n[None, :], p, 0.0), axis=1)
             m_i = m_new
-            if COLS:
-                col_stats_first_or_merge(col_m_part_ptr + pid_r * N, col_l_part_ptr + pid_r * N, raw, scale, offs_n,
-                                    mask_m, mask_n, rb == rb_start)
+            if COLS:  # from the row exps p: one exp per logit in the forward (see col_stats_from_row_exps)
+                t_m, t_l = col_stats_from_row_exps(p, m_new, raw, scale, mask_m, mask_n)
+                col_partials_store_or_merge(col_m_part_ptr + pid_r * N, col_l_part_ptr + pid_r * N, t_m, t_l,
+                                            offs_n, mask_n, rb == rb_start)
             # the positive S[i, y_i] lives in exactly one column tile
             hit = offs_n[None, :] == lab[:, None]
             in_tile = mask_m & (lab >= cb * BLOCK_N) & (lab < cb * BLOCK_N + BLOCK_N)

@@ -14,9 +14,10 @@ costs ~10× the fp32 gradient error at s = 100). The max is that of the rounded 
 
 Forward (`_imsep_fwd_kernel`): the (row_splits × col_splits) grid walks each program's rectangle of
 tiles, both dot products per tile (2B²D + 2B²K FLOPs), the diagonal overridden by d, and keeps
-online row statistics (max m, Σ exp) in registers and, from the same tile values, column
-statistics in the partials of its row split (first visit stores, later visits merge: no
-initialisation, no atomics, deterministic). Because M = Mᵀ both describe the same softmax.
+online row statistics (max m, Σ exp) in registers and, from the same row exps (one exp per logit,
+`col_stats_from_row_exps`; an exact per-element pass only for a tile where a column's sum would fall
+below COL_SUM_FLOOR), column statistics in the partials of its row split (first visit stores, later
+visits merge: no initialisation, no atomics, deterministic). Because M = Mᵀ both describe the same softmax.
 `_imsep_finish_kernel` merges the split partials into (m, log l) per row and column and writes one
 partial loss per program, Σ_i ((m_r − s·d) + log l_r)[i] / B (the launcher sums them).
 
@@ -40,8 +41,8 @@ feature dtype, chunk rows a multiple of the E tile within the budget of ops/base
 import triton
 import triton.language as tl
 
-from ..base.triton_tiles import (col_stats_first_or_merge, ds_tile, merge_splits, scaled_max, split_ranges,
-                                 store_ds_tile, tile_dot)
+from ..base.triton_tiles import (col_partials_store_or_merge, col_stats_from_row_exps, ds_tile, merge_splits,
+                                 scaled_max, split_ranges, store_ds_tile, tile_dot)
 
 
 @triton.jit
@@ -84,8 +85,9 @@ def _imsep_fwd_kernel(
             p = tl.exp(tl.fma(v, scale, -m_new[:, None]))
             l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.where(mask_n[None, :], p, 0.0), axis=1)
             m_i = m_new
-            col_stats_first_or_merge(col_m_part_ptr + pid_r * B, col_l_part_ptr + pid_r * B, v, scale, offs_n,
-                                     mask_m, mask_n, rb == rb_start)
+            t_m, t_l = col_stats_from_row_exps(p, m_new, v, scale, mask_m, mask_n)  # one exp per logit
+            col_partials_store_or_merge(col_m_part_ptr + pid_r * B, col_l_part_ptr + pid_r * B, t_m, t_l, offs_n,
+                                        mask_n, rb == rb_start)
         tl.store(row_m_part_ptr + pid_c * B + offs_m, m_i, mask=mask_m)
         tl.store(row_l_part_ptr + pid_c * B + offs_m, l_i, mask=mask_m)
 
