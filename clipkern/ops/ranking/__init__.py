@@ -3,12 +3,19 @@ their autograd, and the dispatch between backends. Math: see reference.py and tr
 
 Paths, and which one runs (backend="triton"):
 - `listmle_loss(scores, targets)`: the matrix kernels for rows of N ≤ MATRIX_MAX_N (8192) columns.
-  Longer rows fall back to the torch reference, computed in fp32 (it materialises its B×N
-  temporaries); this is the documented long-row path.
-- `rankclip_terms(image, text, scale)`: for B ≤ FUSED_MAX_N (256) the fused kernels compute each
-  row's scores and targets from the features, so no B×B score matrix exists (the backward keeps
-  dS in bounded row chunks). Above it, or with fused=False, the matrix path forms L = s·V Tᵀ and the
-  two Gram matrices once (fp32) and runs the matrix kernels on them and on Lᵀ (a view, no copy).
+  Longer rows (also on the CUDA extension's GPU kernels) take the row-chunked torch path of
+  chunked.py: fp32, R×N tiles, no B×N temporary besides the gradient itself.
+- `rankclip_terms(image, text, scale)`, fused=None:
+  B ≤ FUSED_MAX_N (256), triton: the fused kernels compute each row's scores and targets from the
+      features, so no B×B score matrix exists (the backward keeps dS in bounded row chunks);
+  B ≤ MATRIX_PATH_MAX_B (4096): the matrix path forms L = s·V Tᵀ and the two Gram matrices once
+      (fp32) and runs the backend's ListMLE on them and on Lᵀ (a view, no copy); the reference
+      backend runs reference.rankclip_terms;
+  above, on every backend: the row-chunked path (chunked.py), which recomputes R rows of the four
+      products from the features by GEMMs, sorts and scans them in torch and frees them, forward and
+      backward: O(B·D + R·B) memory, ≤ 640 MiB computed at B = 32768, D = 768, bf16 (chunked.py).
+  fused=True demands the fused kernels, fused=False the matrix path at any B, chunk_rows=R the
+  row-chunked path with R rows per chunk.
 Targets never get a gradient.
 """
 from __future__ import annotations
@@ -18,7 +25,7 @@ from torch import Tensor
 
 from ..._checks import register_no_double_backward
 from .. import dispatch
-from . import reference
+from . import chunked, reference
 from .reference import DECAYS
 
 # Longest row (columns) each kernel holds on chip; see triton_launchers.ranking_blocks. Chosen for
@@ -27,6 +34,10 @@ from .reference import DECAYS
 # 4096 and with some spills up to 8192.
 MATRIX_MAX_N = 8192
 FUSED_MAX_N = 256
+# Largest batch for which rankclip_terms (fused=None) forms the three B×B matrices. The matrix path
+# holds them for the backward plus up to three B×B gradients: ≈ 6·4·B² bytes, 384 MiB at B = 4096,
+# 1.5 GiB at 8192. Above it the row-chunked path keeps memory O(B·D + CHUNK_ELEMENTS).
+MATRIX_PATH_MAX_B = 4096
 
 
 # --------------------------------------------------------------------------------- matrix ops
@@ -119,15 +130,94 @@ triton_listmle_features.register_autograd(_features_backward, setup_context=_fea
 register_no_double_backward(triton_listmle_features_bwd, "RankCLIP ListMLE (from features)", "triton")
 
 
+# -------------------------------------------------------------------------------- chunked ops
+@torch.library.custom_op("clipkern::listmle_rows_chunked", mutates_args=())
+def listmle_rows_chunked(scores: Tensor, targets: Tensor, decay_log: bool, rows_per_chunk: int) -> Tensor:
+    """Per-row ListMLE ℓ_r ((B,), fp32; fp64 for fp64) of rows of any length, rows_per_chunk rows
+    at a time in torch (chunked.py). targets get no gradient."""
+    return chunked.listmle_rows(scores, targets, decay_log, rows_per_chunk)
+
+
+@listmle_rows_chunked.register_fake
+def _(scores, targets, decay_log, rows_per_chunk):
+    return scores.new_empty(scores.shape[0], dtype=torch.promote_types(scores.dtype, torch.float32))
+
+
+@torch.library.custom_op("clipkern::listmle_rows_chunked_bwd", mutates_args=())
+def listmle_rows_chunked_bwd(scores: Tensor, targets: Tensor, g: Tensor, decay_log: bool,
+                             rows_per_chunk: int) -> Tensor:
+    return chunked.listmle_rows_bwd(scores, targets, g, decay_log, rows_per_chunk)
+
+
+@listmle_rows_chunked_bwd.register_fake
+def _(scores, targets, g, decay_log, rows_per_chunk):
+    return scores.new_empty(scores.shape)
+
+
+def _chunked_rows_setup(ctx, inputs, output):
+    scores, targets, ctx.decay_log, ctx.rows_per_chunk = inputs
+    ctx.save_for_backward(scores, targets)
+
+
+def _chunked_rows_backward(ctx, g):
+    scores, targets = ctx.saved_tensors
+    return listmle_rows_chunked_bwd(scores, targets, g, ctx.decay_log, ctx.rows_per_chunk), None, None, None
+
+
+listmle_rows_chunked.register_autograd(_chunked_rows_backward, setup_context=_chunked_rows_setup)
+register_no_double_backward(listmle_rows_chunked_bwd, "row-chunked ListMLE (rows > MATRIX_MAX_N)", "triton/cuda")
+
+
+@torch.library.custom_op("clipkern::rankclip_rows_chunked", mutates_args=())
+def rankclip_rows_chunked(image: Tensor, text: Tensor, scale: Tensor, decay_log: bool,
+                          rows_per_chunk: int) -> tuple[Tensor, Tensor]:
+    """Per-row RankCLIP terms (cross_r, inner_r), (B,) each, from fp32 (or fp64) features: R_cross
+    = mean(cross_r), R_in = mean(inner_r). No B×B matrix: rows_per_chunk rows at a time (chunked.py).
+    Gradients flow to image, text and scale through the scores, never through the targets."""
+    return chunked.rankclip_rows(image, text, scale, decay_log, rows_per_chunk)
+
+
+@rankclip_rows_chunked.register_fake
+def _(image, text, scale, decay_log, rows_per_chunk):
+    return image.new_empty(image.shape[0]), image.new_empty(image.shape[0])
+
+
+@torch.library.custom_op("clipkern::rankclip_rows_chunked_bwd", mutates_args=())
+def rankclip_rows_chunked_bwd(image: Tensor, text: Tensor, scale: Tensor, g_cross: Tensor, g_inner: Tensor,
+                              decay_log: bool, rows_per_chunk: int) -> tuple[Tensor, Tensor, Tensor]:
+    return chunked.rankclip_rows_bwd(image, text, scale, g_cross, g_inner, decay_log, rows_per_chunk)
+
+
+@rankclip_rows_chunked_bwd.register_fake
+def _(image, text, scale, g_cross, g_inner, decay_log, rows_per_chunk):
+    return image.new_empty(image.shape), text.new_empty(text.shape), scale.new_empty(())
+
+
+def _rankclip_chunked_setup(ctx, inputs, output):
+    image, text, scale, ctx.decay_log, ctx.rows_per_chunk = inputs
+    ctx.save_for_backward(image, text, scale)
+
+
+def _rankclip_chunked_backward(ctx, g_cross, g_inner):
+    image, text, scale = ctx.saved_tensors
+    grads = rankclip_rows_chunked_bwd(image, text, scale, g_cross, g_inner, ctx.decay_log, ctx.rows_per_chunk)
+    return *grads, None, None
+
+
+rankclip_rows_chunked.register_autograd(_rankclip_chunked_backward, setup_context=_rankclip_chunked_setup)
+register_no_double_backward(rankclip_rows_chunked_bwd, "row-chunked RankCLIP ListMLE (B > MATRIX_PATH_MAX_B; "
+                            "fused=False keeps the matrix path)", "any")
+
+
 # ----------------------------------------------------------------------------------- dispatch
 def reference_loss(scores: Tensor, targets: Tensor, decay: str | None) -> Tensor:
     return reference.listmle_loss(scores, targets, decay)
 
 
 def _long_rows(scores: Tensor, targets: Tensor, decay: str | None) -> Tensor:
-    # Long rows: the whole row no longer fits one block. Documented fallback: the reference, in fp32,
-    # with its B×N temporaries.
-    return reference.listmle_loss(scores.float(), targets.float(), decay)
+    # Long rows: the whole row no longer fits one block. The row-chunked torch path (fp32 at least).
+    rows = chunked.chunk_rows(*scores.shape)
+    return listmle_rows_chunked(scores, targets.detach(), decay == "log", rows).mean()
 
 
 def triton_loss(scores: Tensor, targets: Tensor, decay: str | None) -> Tensor:
@@ -156,14 +246,30 @@ def fused_applies(batch: int, backend: str) -> bool:
     return backend == "triton" and batch <= FUSED_MAX_N
 
 
+def _check_chunk_rows(chunk_rows, fused) -> None:
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be a positive int (rows per chunk) or None, got {chunk_rows!r}")
+    if fused is not None:
+        raise ValueError(f"chunk_rows={chunk_rows} asks for the row-chunked path; it cannot be combined with "
+                         f"fused={fused!r} (use fused=None)")
+
+
 def rankclip_terms(image: Tensor, text: Tensor, scale: Tensor, decay: str | None, backend: str,
-                   fused: bool | None = None) -> tuple[Tensor, Tensor]:
+                   fused: bool | None = None, chunk_rows: int | None = None) -> tuple[Tensor, Tensor]:
     """(R_cross, R_in) of docs/design.md §1.4 before the 1/32 weights:
         R_cross = listmle(L, Lᵀ) + listmle(Lᵀ, L),                    L = s·V Tᵀ
         R_in    = listmle(s·V Vᵀ, s·T Tᵀ) + listmle(s·T Tᵀ, s·V Vᵀ)
-    fused=None picks the from-features kernels when B ≤ FUSED_MAX_N on the triton backend;
-    True demands them (an error says why they cannot run); False forces the matrix path."""
+    fused=None picks the from-features kernels when B ≤ FUSED_MAX_N on the triton backend, the
+    matrix path up to MATRIX_PATH_MAX_B and the row-chunked path above (every backend); True
+    demands the fused kernels (an error says why they cannot run); False forces the matrix path.
+    chunk_rows (with fused=None) forces the row-chunked path with that many rows per chunk."""
     batch = image.shape[0]
+    if chunk_rows is not None:
+        _check_chunk_rows(chunk_rows, fused)
+    elif fused is None and batch > MATRIX_PATH_MAX_B:
+        chunk_rows = chunked.chunk_rows(batch, batch)
+    if chunk_rows is not None:
+        return _chunked_terms(image, text, scale, decay, chunk_rows)
     if fused is None:
         fused = fused_applies(batch, backend)
     elif fused and not fused_applies(batch, backend):
@@ -191,8 +297,18 @@ def rankclip_terms(image: Tensor, text: Tensor, scale: Tensor, decay: str | None
     return cross, inner
 
 
-__all__ = ["DECAYS", "FUSED_MAX_N", "MATRIX_MAX_N", "listmle_loss", "rankclip_terms", "triton_listmle_features",
-           "triton_listmle_rows"]
+def _chunked_terms(image: Tensor, text: Tensor, scale: Tensor, decay: str | None,
+                   chunk_rows: int) -> tuple[Tensor, Tensor]:
+    """The row-chunked path: products, sorts and scans in fp32 (fp64 for fp64 features); the
+    16-bit features are copied to fp32 once (2·B·D·4 bytes)."""
+    acc = torch.promote_types(image.dtype, torch.float32)
+    s = scale.to(acc).reshape(())
+    cross, inner = rankclip_rows_chunked(image.to(acc), text.to(acc), s, decay == "log", chunk_rows)
+    return cross.mean(), inner.mean()
+
+
+__all__ = ["DECAYS", "FUSED_MAX_N", "MATRIX_MAX_N", "MATRIX_PATH_MAX_B", "listmle_loss", "listmle_rows_chunked",
+           "rankclip_rows_chunked", "rankclip_terms", "triton_listmle_features", "triton_listmle_rows"]
 
 
 dispatch.bind("ranking", globals())
