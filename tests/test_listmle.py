@@ -1,5 +1,6 @@
 """ListMLE (docs/design.md §1.4): the Triton kernels against the float64 reference, the reference against an
-independent brute-force oracle, ties, long rows, strided views, non-finite input, bad input, opcheck."""
+independent brute-force oracle, ties, long rows (the row-chunked path), strided views, non-finite input,
+bad input, opcheck."""
 import functools
 import math
 
@@ -119,8 +120,9 @@ def test_strided_views_are_read_in_place(view):
     check_against_reference(functools.partial(CF.listmle_loss, decay="log"), inputs, F32, ["scores"])
 
 
-def test_rows_longer_than_a_block_fall_back_to_the_reference(monkeypatch):
-    """Above MATRIX_MAX_N the documented path is the fp32 reference; the kernel is not called."""
+def test_rows_longer_than_a_block_take_the_chunked_path(monkeypatch):
+    """Above MATRIX_MAX_N the documented path is the row-chunked torch op (fp32); the kernel is not
+    called. tests/test_ranking_large.py covers that path in depth."""
     monkeypatch.setattr(ranking, "MATRIX_MAX_N", 64)
 
     def no_kernel(*args, **kwargs):

@@ -22,9 +22,18 @@
 // Since lse_m ≥ q_k for m ≤ k, the exponent is at most log Σ_{m≤k} w_m: nothing overflows, and no
 // product of probabilities is formed.
 //
-// Row capacity = THREADS × IPT, dispatched over a few sizes up to kListmleMaxN = 8192; longer rows raise
-// an error in the launcher (the Python side falls back to Triton / the reference). Shared memory per
-// block: 133 KB at 8192 (fits sm_80 and sm_90; a GPU with less opt-in shared memory gets a clear error).
+// Row capacity = THREADS × IPT, dispatched over a few sizes up to kListmleMaxN = 8192
+// (`for_each_row_capacity`); longer rows raise an error in the launcher (the Python side falls back to
+// Triton / the reference). Shared memory per block: 133 KB at 8192 (fits sm_80 and sm_90; a GPU with
+// less opt-in shared memory gets a clear error).
+//
+// Registers (no spills, checked by tests/test_listmle_spills.py for sm_80 and sm_90a): a thread holds
+// its IPT 64-bit keys plus the radix ranking's per-item ranks, prefixes and counter pointers. At 8192
+// columns 512 threads × 16 keys needed more than the 128 registers a 512-thread block allows and
+// spilled 56 bytes on sm_90a; 256 threads × 32 keys (cap 255 registers) uses ~220 and does not. The
+// sort keeps its raking-scan partials in shared memory rather than registers (MEMOIZE_OUTER_SCAN =
+// false), which also removed a 4-byte spill of the 1024-column backward. The sort order is a total
+// order (column index in the key), so neither choice changes which permutation is produced.
 #pragma once
 
 #include <cub/block/block_radix_sort.cuh>
@@ -32,6 +41,7 @@
 #include <cub/block/block_scan.cuh>
 
 #include <cstring>
+#include <type_traits>
 
 #include "common.cuh"
 
@@ -55,9 +65,22 @@ CK_HD float weight(int k, bool decay_log) {
   return decay_log ? 1.f / log2f(static_cast<float>(k) + 2.f) : 1.f;
 }
 
+// Calls f(THREADS, IPT, COLBITS) (as std::integral_constant values) for the smallest row capacity
+// THREADS × IPT ≥ N, COLBITS = log2(capacity); returns false (f not called) when N > kListmleMaxN.
+template <typename F> bool for_each_row_capacity(int N, F&& f) {
+  using std::integral_constant;
+  if (N <= 256) f(integral_constant<int, 128>{}, integral_constant<int, 2>{}, integral_constant<int, 8>{});
+  else if (N <= 1024) f(integral_constant<int, 256>{}, integral_constant<int, 4>{}, integral_constant<int, 10>{});
+  else if (N <= 4096) f(integral_constant<int, 512>{}, integral_constant<int, 8>{}, integral_constant<int, 12>{});
+  else if (N <= kListmleMaxN) f(integral_constant<int, 256>{}, integral_constant<int, 32>{}, integral_constant<int, 13>{});
+  else return false;
+  return true;
+}
+
 template <int THREADS, int IPT> struct ListmleBlock {
   static constexpr int CAP = THREADS * IPT;
-  using Sort = cub::BlockRadixSort<unsigned long long, THREADS, IPT>;
+  // 4 radix bits per pass; MEMOIZE_OUTER_SCAN = false keeps the scan partials out of registers
+  using Sort = cub::BlockRadixSort<unsigned long long, THREADS, IPT, cub::NullType, 4, false>;
   using Scan = cub::BlockScan<LsePair, THREADS>;
   using Reduce = cub::BlockReduce<float, THREADS>;
   struct Shared {
