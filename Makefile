@@ -15,6 +15,8 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml setup.py constraints.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) -r requirements-dev.txt torch torchvision triton
+	# CUTLASS/CuTe C++ headers for csrc/cuda/hopper_*.cu (setup.py finds them); its Python tools are unused: no deps
+	$(PIP) --no-deps nvidia-cutlass
 	$(PIP) --no-build-isolation --no-deps -e .
 	$(PY) -m clipkern.info
 	touch $(STAMP)

@@ -64,6 +64,8 @@ def main(argv=None) -> int:
     ap.add_argument("--count-batch", type=int, default=None, help="batch interpreted for the counts (default min(B, 2048))")
     ap.add_argument("--json", default=None, help="write the full result here")
     ap.add_argument("--no-compile", action="store_true", help="skip the sm_90a compile (no per-kernel data, no bound)")
+    ap.add_argument("--no-cuda", action="store_true",
+                    help="clip only: skip the CUDA path (csrc Hopper kernels, benchmarks/perfmodel/cuda_path.py)")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
         print("benchmarks.roofline needs TRITON_INTERPRET=1 (unset it nowhere: it is set by default)", file=sys.stderr)
@@ -72,6 +74,19 @@ def main(argv=None) -> int:
 
     r = model.run(args.loss, args.batch, args.dim, args.dtype, args.count_batch, compile_kernels=not args.no_compile)
     print(render(r))
+    if args.loss == "clip" and not args.no_cuda:
+        from benchmarks.perfmodel import cuda_path
+
+        try:
+            r["cuda_path"] = cuda_path.run(args.batch, args.dim, args.dtype, compile_kernels=not args.no_compile)
+        except Exception as exc:  # noqa: BLE001 - no extension / no sm_90a binary: say why, keep Triton's result
+            r["cuda_path"] = dict(path="cuda", bound=None, reason=f"{type(exc).__name__}: {str(exc)[:300]}")
+        print("")
+        print(cuda_path.render(r["cuda_path"]))
+        cb = r["cuda_path"].get("bound")
+        if cb is not None and r["bound"] is not None:
+            print(f"\n  MODELLED BOUNDS (not measurements), fraction of the bf16 matmul rate: triton {r['bound']:.3f}, "
+                  f"cuda {cb:.3f} (csrc op alone {r['cuda_path']['bound_csrc_ops_only']:.3f})")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(r, f, indent=1, default=str)

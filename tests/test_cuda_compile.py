@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tests" / "compile_cuda.sh"
-MAX_SPILL_BYTES = 64  # the 8192-wide ListMLE sort spills 56 bytes on sm_90 (512 threads cap it at 128 registers)
+MAX_SPILL_BYTES = 64  # the ListMLE kernels spill nothing (tests/test_listmle_spills.py); this bounds the rest
 
 
 def _nvcc() -> str | None:

@@ -119,9 +119,11 @@ def test_contrastive_is_deterministic_and_strided(ops):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-def test_contrastive_staging_paths_agree_bitwise(ops, dtype):
+def test_contrastive_staging_paths_agree_bitwise(ops, dtype, monkeypatch):
     """A 2-byte-misaligned copy of the inputs takes the synchronous staging path instead of cp.async;
-    the mma sequence is the same, so every output must be bit-identical."""
+    the mma sequence is the same, so every output must be bit-identical. (The wmma kernels: on an
+    H100 the aligned inputs would otherwise take the Hopper kernels, which are compared below.)"""
+    monkeypatch.setenv("CLIPKERN_CUDA_HOPPER", "0")
     M, N, D = 200, 150, 256
     x, y = _feat(M, D, dtype), _feat(N, D, dtype)
 
@@ -142,7 +144,8 @@ def test_contrastive_staging_paths_agree_bitwise(ops, dtype):
         assert torch.equal(u, v)
 
 
-def test_contrastive_large_bf16_and_memory(ops):
+def test_contrastive_large_bf16_and_memory(ops, monkeypatch):
+    monkeypatch.setenv("CLIPKERN_CUDA_HOPPER", "0")  # the wmma kernels (no workspace); Hopper: see below
     B, D, dtype = 16384, 768, torch.bfloat16
     x, y = _feat(B, D, dtype), _feat(B, D, dtype)
     sc = torch.tensor(100.0, device="cuda")
@@ -187,6 +190,122 @@ def test_contrastive_bad_input(ops):
     stats = ops.contrastive_fwd(x, x, sc)
     with pytest.raises(RuntimeError, match="g_col must have shape"):
         ops.contrastive_bwd(x, x, sc, *stats, torch.randn(8, device="cuda"), torch.randn(9, device="cuda"))
+
+
+# ------------------------------------------------------------- contrastive, Hopper (sm_90a) kernels
+# csrc/cuda/hopper_contrastive.cu: TMA + wgmma tiles, taken for fp16/bf16 on a compute-capability 9.0
+# GPU when D % 8 == 0 and the inputs are 16-byte aligned (CLIPKERN_CUDA_HOPPER=0: the wmma kernels).
+def _hopper_or_skip():
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the Hopper kernels run on compute capability 9.0 only (H100/H200)")
+
+
+def _kernel_names(fn) -> set:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return {e.name for e in prof.events() if e.device_type.name == "CUDA"}
+
+
+def test_hopper_kernels_are_taken_on_sm90(ops, monkeypatch):
+    _hopper_or_skip()
+    x, y = _feat(300, 256, torch.bfloat16), _feat(200, 256, torch.bfloat16)
+    sc = torch.tensor(14.3, device="cuda")
+    g = torch.randn(300, device="cuda"), torch.randn(200, device="cuda")
+    names = _kernel_names(lambda: ops.contrastive_bwd(x, y, sc, *ops.contrastive_fwd(x, y, sc), *g))
+    assert any("contrastive_fwd_sm90_kernel" in n for n in names), \
+        f"the Hopper forward did not run (was clipkern._C built with nvidia-cutlass and TORCH_CUDA_ARCH_LIST 9.0a?): {names}"
+    assert any("contrastive_ds_sm90_kernel" in n for n in names), names
+    monkeypatch.setenv("CLIPKERN_CUDA_HOPPER", "0")
+    names = _kernel_names(lambda: ops.contrastive_fwd(x, y, sc))
+    assert not any("sm90" in n for n in names), names
+
+
+HOPPER_SHAPES = [(1, 1, 8), (7, 5, 16), (129, 65, 64), (257, 100, 104), (300, 1000, 520), (1000, 64, 768),
+                 (1000, 1000, 768), (2048, 2048, 512)]
+
+
+@pytest.mark.parametrize("scale", SCALES, ids=lambda s: f"s{s}")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("M,N,D", HOPPER_SHAPES, ids=lambda v: str(v))
+def test_hopper_contrastive_matches_float64_triton_and_wmma(ops, M, N, D, dtype, scale, monkeypatch):
+    """Edge tiles in M, N (128 × 64 tiles) and D (64-wide k-steps, TMA zero fill), every scale."""
+    _hopper_or_skip()
+    x, y = _feat(M, D, dtype), _feat(N, D, dtype)
+    sc = torch.tensor(scale, device="cuda")
+    g_row, g_col = torch.randn(M, device="cuda"), torch.randn(N, device="cuda")
+    stats = ops.contrastive_fwd(x, y, sc)
+    dx, dy, dscale = ops.contrastive_bwd(x, y, sc, *stats, g_row, g_col)
+    ref = _contrastive_torch(x.double(), y.double(), sc.double(), g_row.double(), g_col.double())
+    same = _contrastive_torch(x, y, sc, g_row, g_col)
+    mine = (stats[0] + stats[1], stats[2] + stats[3], stats[0], stats[2], dx, dy, dscale)
+    names = ("lse_row", "lse_col", "row_max", "col_max", "dx", "dy", "dscale")
+    for name, k, t, r in zip(names, mine, same, ref):
+        assert_within_2x_torch(name, k, t, r, dtype)
+    twin = _triton_ops()
+    if twin is not None:
+        t_stats = twin.triton_contrastive_lse(x, y, sc)
+        t_grads = twin.triton_contrastive_lse_bwd(x, y, sc, *t_stats, g_row, g_col)
+        _close_to_twin("lse_row", mine[0], t_stats[0] + t_stats[1], same[0], ref[0], dtype)
+        _close_to_twin("lse_col", mine[1], t_stats[2] + t_stats[3], same[1], ref[1], dtype)
+        for name, k, t, s_, r in zip(("dx", "dy", "dscale"), mine[4:], t_grads, same[4:], ref[4:]):
+            _close_to_twin(name, k, t, s_, r, dtype)
+    monkeypatch.setenv("CLIPKERN_CUDA_HOPPER", "0")
+    w_stats = ops.contrastive_fwd(x, y, sc)
+    w_grads = ops.contrastive_bwd(x, y, sc, *w_stats, g_row, g_col)
+    _close_to_twin("lse_row (wmma)", mine[0], w_stats[0] + w_stats[1], same[0], ref[0], dtype)
+    _close_to_twin("lse_col (wmma)", mine[1], w_stats[2] + w_stats[3], same[1], ref[1], dtype)
+    for name, k, w, s_, r in zip(("dx (wmma)", "dy (wmma)", "dscale (wmma)"), mine[4:], w_grads, same[4:], ref[4:]):
+        _close_to_twin(name, k, w, s_, r, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_hopper_chunked_backward_and_determinism(ops, dtype, monkeypatch):
+    """A 1 MiB workspace splits the backward into row chunks (dY accumulated in fp32 by addmm): the same
+    result as one chunk within the 2× rule, and bit-identical reruns."""
+    _hopper_or_skip()
+    M, N, D = 1100, 900, 256
+    x, y = _feat(M, D, dtype), _feat(N, D, dtype)
+    sc = torch.tensor(100.0, device="cuda")
+    g_row, g_col = torch.randn(M, device="cuda"), torch.randn(N, device="cuda")
+    stats = ops.contrastive_fwd(x, y, sc)
+    for u, v in zip(stats, ops.contrastive_fwd(x, y, sc)):
+        assert torch.equal(u, v)
+    one = ops.contrastive_bwd(x, y, sc, *stats, g_row, g_col)
+    monkeypatch.setenv("CLIPKERN_WORKSPACE_MB", "1")  # 1 MiB / (900 · 2 bytes) → 512-row chunks: 3 chunks
+    many = ops.contrastive_bwd(x, y, sc, *stats, g_row, g_col)
+    for u, v in zip(many, ops.contrastive_bwd(x, y, sc, *stats, g_row, g_col)):
+        assert torch.equal(u, v)
+    ref = _contrastive_torch(x.double(), y.double(), sc.double(), g_row.double(), g_col.double())
+    same = _contrastive_torch(x, y, sc, g_row, g_col)
+    for name, a, b, t, r in zip(("dx", "dy", "dscale"), one, many, same[4:], ref[4:]):
+        assert_within_2x_torch(name + " (1 chunk)", a, t, r, dtype)
+        assert_within_2x_torch(name + " (3 chunks)", b, t, r, dtype)
+
+
+def test_hopper_large_bf16_and_memory(ops):
+    _hopper_or_skip()
+    B, D, dtype = 16384, 768, torch.bfloat16
+    x, y = _feat(B, D, dtype), _feat(B, D, dtype)
+    sc = torch.tensor(100.0, device="cuda")
+    g_row, g_col = torch.randn(B, device="cuda") / B, torch.randn(B, device="cuda") / B
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    stats = ops.contrastive_fwd(x, y, sc)
+    dx, dy, dscale = ops.contrastive_bwd(x, y, sc, *stats, g_row, g_col)
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base
+    workspace = min(1 << 30, max(64 << 20, 4 * 2 * B * D * 2))  # ops/base.workspace_bytes: O(B·D)
+    bound = 2 * B * D * 2 + workspace + 4 * B * D + 1024 * 2 * B  # dx, dy, ws, fp32 dY, statistics
+    assert extra <= bound, f"peak extra memory {extra / 2**20:.1f} MiB > bound {bound / 2**20:.1f} MiB"
+    ref = _contrastive_torch(x.double(), y.double(), sc.double(), g_row.double(), g_col.double())
+    same = _contrastive_torch(x, y, sc, g_row, g_col)
+    mine = (stats[0] + stats[1], stats[2] + stats[3], stats[0], stats[2], dx, dy, dscale)
+    for name, k, t, r in zip(("lse_row", "lse_col", "row_max", "col_max", "dx", "dy", "dscale"), mine, same, ref):
+        assert_within_2x_torch(name, k, t, r, dtype)
 
 
 # ---------------------------------------------------------------------------------------------- pairdiff

@@ -1,7 +1,8 @@
 // CUDA implementations of clipkern's ops (schemas in csrc/ops.cpp): host launchers and the
 // TORCH_LIBRARY_IMPL(clipkern, CUDA, m) registrations. The kernels and their math live in one header
 // per family: contrastive.cuh, pairdiff.cuh, listmle.cuh. One translation unit on purpose (CI compiles
-// it on 2 cores).
+// it on 2 cores); the Hopper (sm_90a) contrastive kernels are the one exception: they live in
+// hopper_contrastive.cu (its CuTe headers stay there) and are taken through hopper_dispatch.cuh.
 //
 // Every launcher checks its inputs (errors name the argument), makes them contiguous, allocates its
 // outputs (statistics and gradients of statistics in fp32; feature gradients in the features' dtype),
@@ -19,6 +20,7 @@
 #include <tuple>
 
 #include "contrastive.cuh"
+#include "hopper_contrastive.h"
 #include "listmle.cuh"
 #include "pairdiff.cuh"
 
@@ -96,6 +98,8 @@ Tensor new_buffer(at::IntArrayRef sizes, const at::TensorOptions& options) {
 
 int sm_count() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
 
+#include "hopper_dispatch.cuh"  // use_hopper_contrastive, hopper_contrastive_bwd (uses the helpers above)
+
 // ------------------------------------------------------------------------------------------------------
 // contrastive
 
@@ -108,7 +112,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> contrastive_fwd_cuda(const Tensor& x_
   const int M = static_cast<int>(x.size(0)), N = static_cast<int>(y.size(0)), D = static_cast<int>(x.size(1));
   using namespace contrastive;
 
-  // grid: row_splits (≤ 64, bounds the column-partial buffer) × col_splits (fills the GPU)
+  // grid: row_splits (≤ 64, bounds the column-partial buffer) × col_splits (fills the GPU); the Hopper
+  // kernel takes its own plan (hopper_plan.h), with the same partial buffers and merge.
+  const bool hopper = use_hopper_contrastive(x, y);
+  const clipkern_hopper::ForwardPlan plan = clipkern_hopper::forward_plan(M, N, sm_count());
   const int rb = ceil_div(M, F_TM), cb = ceil_div(N, F_TN), target = 4 * sm_count();
   int row_splits = std::min(rb, 64);
   const int rb_per = ceil_div(rb, row_splits);
@@ -116,6 +123,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> contrastive_fwd_cuda(const Tensor& x_
   int col_splits = std::min(cb, std::max(1, ceil_div(target, row_splits)));
   const int cb_per = ceil_div(cb, col_splits);
   col_splits = ceil_div(cb, cb_per);
+  if (hopper) row_splits = plan.row_splits, col_splits = plan.col_splits;
 
   const auto f32 = x.options().dtype(at::kFloat);
   Tensor row_part_m = new_buffer({col_splits, M}, f32), row_part_l = new_buffer({col_splits, M}, f32);
@@ -123,7 +131,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> contrastive_fwd_cuda(const Tensor& x_
   Tensor row_max = new_buffer({M}, f32), row_logsum = new_buffer({M}, f32);
   Tensor col_max = new_buffer({N}, f32), col_logsum = new_buffer({N}, f32);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  dispatch_feature_type(x, op, "x", [&](auto tag) {
+  if (hopper) {
+    check_hopper_launch(clipkern_hopper::contrastive_fwd_partials(
+                            hopper_element(x), x.data_ptr(), y.data_ptr(), scale.data_ptr<float>(), M, N, D, plan,
+                            row_part_m.data_ptr<float>(), row_part_l.data_ptr<float>(), col_part_m.data_ptr<float>(),
+                            col_part_l.data_ptr<float>(), stream),
+                        op, "contrastive_fwd_sm90_kernel");
+  } else dispatch_feature_type(x, op, "x", [&](auto tag) {
     using T = typename decltype(tag)::type;
     contrastive_fwd_kernel<T><<<dim3(row_splits, col_splits), F_NT, 0, stream>>>(
         cptr<T>(x), cptr<T>(y), scale.data_ptr<float>(), row_part_m.data_ptr<float>(), row_part_l.data_ptr<float>(),
@@ -193,6 +207,8 @@ std::tuple<Tensor, Tensor, Tensor> contrastive_bwd_cuda(const Tensor& x_in, cons
   const Tensor col_logsum = vector_f32(col_logsum_in, N, x_in, op, "col_logsum");
   const Tensor g_row = vector_f32(g_row_in, M, x_in, op, "g_row");
   const Tensor g_col = vector_f32(g_col_in, N, x_in, op, "g_col");
+  if (use_hopper_contrastive(x, y))
+    return hopper_contrastive_bwd(x, y, scale, row_max, row_logsum, col_max, col_logsum, g_row, g_col, op);
   Tensor dx = new_buffer(x.sizes(), x.options()), dy = new_buffer(y.sizes(), y.options());
   Tensor dscale_part = new_buffer({ceil_div(M, contrastive::B_OWN)}, x.options().dtype(at::kFloat));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -271,14 +287,11 @@ std::tuple<Tensor, Tensor> pairdiff_bwd_cuda(const Tensor& a_in, const Tensor& r
 // ------------------------------------------------------------------------------------------------------
 // listmle
 
-// Calls f.template operator()<THREADS, IPT, COLBITS>() for the smallest row capacity ≥ N.
+// Calls f(THREADS, IPT, COLBITS) for the smallest row capacity ≥ N (listmle::for_each_row_capacity), or
+// raises for rows longer than the kernels' maximum.
 template <typename F> void dispatch_row_capacity(int N, const char* op, F&& f) {
-  if (N <= 256) f(std::integral_constant<int, 128>{}, std::integral_constant<int, 2>{}, std::integral_constant<int, 8>{});
-  else if (N <= 1024) f(std::integral_constant<int, 256>{}, std::integral_constant<int, 4>{}, std::integral_constant<int, 10>{});
-  else if (N <= 4096) f(std::integral_constant<int, 512>{}, std::integral_constant<int, 8>{}, std::integral_constant<int, 12>{});
-  else if (N <= listmle::kListmleMaxN) f(std::integral_constant<int, 512>{}, std::integral_constant<int, 16>{}, std::integral_constant<int, 13>{});
-  else TORCH_CHECK(false, op, ": rows of ", N, " columns exceed the CUDA kernel's maximum of ", listmle::kListmleMaxN,
-                   " (one row per thread block); use backend='triton' or 'reference' for longer rows");
+  TORCH_CHECK(listmle::for_each_row_capacity(N, f), op, ": rows of ", N, " columns exceed the CUDA kernel's maximum of ",
+              listmle::kListmleMaxN, " (one row per thread block); use backend='triton' or 'reference' for longer rows");
 }
 
 template <typename Kernel> void set_dynamic_smem(Kernel kernel, size_t bytes, int N, const char* op) {
