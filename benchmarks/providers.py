@@ -21,10 +21,12 @@ class Provider:
 
 
 def clipkern_backend(device: torch.device) -> str:
-    """The backend the clipkern provider asks for: auto on CUDA; reference or interpreted triton on CPU."""
+    """The backend the clipkern provider asks for: auto (on CPU: the C++ op where the family has one and the
+    extension is built, else the chunked reference), or the interpreted triton kernels on CPU under
+    TRITON_INTERPRET=1."""
     if device.type == "cuda":
         return "auto"
-    return "triton" if interpreter_enabled() else "reference"
+    return "triton" if interpreter_enabled() else "auto"
 
 
 def _clipkern(loss, device, dtype, D):
@@ -32,7 +34,8 @@ def _clipkern(loss, device, dtype, D):
     from clipkern import _backend
 
     asked = clipkern_backend(device)
-    used = _backend.resolve(asked, device, dtype)  # raises with the reason if unavailable
+    family = {"clip": "contrastive", "siglip": "sigmoid", "imsep": "imsep"}[loss]
+    used = _backend.resolve(asked, device, dtype, family=family)  # raises with the reason if unavailable
     note = INTERPRETED_NOTE if used == "triton" and device.type == "cpu" else ""
     if loss == "imsep":
         def f(i, t, s, b, backend):
@@ -66,13 +69,13 @@ def _cuda(loss, device, dtype, D):
 
 
 def reference_fn(loss):
-    """The plain torch reference (clipkern.ops.*.reference) as a provider fn, labels = arange(B).
+    """The plain (unchunked) torch formula of clipkern.ops.*.reference as a provider fn, labels = arange(B).
     One code object per loss, so torch.compile's per-code graph cache is not shared between losses."""
     if loss == "clip":
-        from clipkern.ops.contrastive.reference import contrastive_loss
+        from clipkern.ops.contrastive.reference import plain_contrastive_loss
 
         def clip_reference(i, t, s, b):
-            return contrastive_loss(i, t, s, b, torch.arange(i.shape[0], device=i.device), True)
+            return plain_contrastive_loss(i, t, s, b, torch.arange(i.shape[0], device=i.device), True)
 
         return clip_reference
     if loss == "imsep":
@@ -82,10 +85,10 @@ def reference_fn(loss):
             return imsep_single(i, t, semantic_features(i.shape[0], i.device), s)
 
         return imsep_reference
-    from clipkern.ops.sigmoid.reference import sigmoid_loss
+    from clipkern.ops.sigmoid.reference import plain_sigmoid_loss
 
     def siglip_reference(i, t, s, b):
-        return sigmoid_loss(i, t, s, b, torch.arange(i.shape[0], device=i.device))
+        return plain_sigmoid_loss(i, t, s, b, torch.arange(i.shape[0], device=i.device))
 
     return siglip_reference
 

@@ -6,13 +6,17 @@ Backends:
   ``TRITON_INTERPRET=1`` (the CPU interpreter, which is how CI runs them).
 - ``cuda``: the csrc/ extension (clipkern._C, loaded by clipkern/_extension.py on first use). On
   CUDA tensors it runs its CUDA kernels (unavailable if it was built without them); on CPU tensors
-  its C++ CPU implementations (so the CPU tests can run it). Families without a csrc twin
-  (sigmoid/SigLIP, IMSep) raise an error that suggests "triton".
+  its C++ CPU implementations. Which families it covers, and on which devices: ops/dispatch.py
+  (IMSep has no twin; SigLIP has a C++ CPU op only).
 
-``auto`` (or ``CLIPKERN_BACKEND``) picks per call. It first asks the measured table
-(clipkern/_selection.py, clipkern/backend_table.json) for a rule matching the op family, the GPU,
-the dtype and the batch rows; without a matching rule: ``triton`` for CUDA tensors of a supported
-dtype, ``reference`` otherwise. The committed table has no rules until GPU measurements exist.
+``auto`` picks per call. On CUDA tensors it first asks the measured table (clipkern/_selection.py,
+clipkern/backend_table.json) for a rule matching the op family, the GPU, the dtype and the batch
+rows; without a matching rule: ``triton`` for a supported dtype, ``reference`` otherwise. On CPU
+tensors it takes the extension's C++ implementation for the families in CPU_EXTENSION_FAMILIES when
+the extension is built (measured against open_clip on 2 cores at B = 8192, D = 512: a fraction of its
+extra memory and less time; README "On a CPU", `python -m benchmarks.run --cpu-compare`), else
+``reference`` (plain torch, chunked so that it never holds more than open_clip's loss does).
+``CLIPKERN_BACKEND`` is a preference: a family that cannot honour it falls back (ops/dispatch.py).
 """
 from __future__ import annotations
 
@@ -23,6 +27,9 @@ import torch
 
 BACKENDS = ("auto", "reference", "triton", "cuda")
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# families whose C++ CPU op `auto` prefers on CPU tensors (the measured ones; see the module docstring)
+CPU_EXTENSION_FAMILIES = ("contrastive", "sigmoid")
+CPU_EXTENSION_DTYPES = (*TRITON_DTYPES, torch.float64)
 
 
 class BackendUnavailable(RuntimeError):
@@ -103,6 +110,9 @@ def _auto(device: torch.device, dtype: torch.dtype, family: str | None, rows: in
         return rule.backend
     if device.type == "cuda" and dtype in TRITON_DTYPES and triton_unavailable_reason(device) is None:
         return "triton"
+    if (device.type == "cpu" and family in CPU_EXTENSION_FAMILIES and dtype in CPU_EXTENSION_DTYPES
+            and cuda_unavailable_reason(device) is None):
+        return "cuda"
     return "reference"
 
 
@@ -121,7 +131,7 @@ def resolve(backend: str, device: torch.device, dtype: torch.dtype, *, family: s
             if family is not None:  # a preference: a family that cannot honour it falls back, warning once
                 from .ops import dispatch
 
-                backend = dispatch.fallback(family, env, lambda name: _runnable(name, device, dtype))
+                backend = dispatch.fallback(family, env, lambda name: _runnable(name, device, dtype), device.type)
         else:
             return _auto(device, dtype, family, rows)
     why = unavailable_reason(backend, device)
@@ -149,5 +159,5 @@ def _runnable(backend: str, device: torch.device, dtype: torch.dtype) -> bool:
 def no_cuda_twin(family: str) -> BackendUnavailable:
     """The error for backend='cuda' on a family the csrc extension does not implement."""
     return BackendUnavailable(f"backend='cuda' has no {family} kernels (the csrc extension implements the "
-                              "contrastive, pairwise-difference and ListMLE ops only); use backend='triton' "
-                              "(or 'auto') for this loss")
+                              "contrastive, pairwise-difference and ListMLE ops, and SigLIP on CPU tensors); "
+                              "use backend='triton' (or 'auto') for this loss")

@@ -11,7 +11,14 @@ Paths, tried once per process on the first `load()` (importing clipkern does not
    csrc/ folder next to the package (a source checkout).
 3. otherwise unavailable, with the reason (`unavailable_reason()`).
 
-`python -m clipkern.info` shows which path is active. The build-environment helpers here
+`python -m clipkern.info` shows which path is active.
+
+torch.compile: the loader takes a lock and imports modules, which dynamo cannot trace, so the
+functions that traced code calls (`unavailable_reason`, `has_cuda`, `active_path`) are marked
+constant for the compiler (`torch.compiler.assume_constant_result`): dynamo runs them eagerly
+while tracing (loading the extension then, outside the graph) and bakes their answer into the graph.
+Their answers are fixed for the life of the process, so that is sound. A cold
+`torch.compile(fullgraph=True)` of a loss with backend="cuda" therefore works on its first call. The build-environment helpers here
 (`cuda_home`, `pip_cuda_include`) are shared with setup.py, which loads this file by path: keep
 this module free of clipkern imports and of top-level torch.utils.cpp_extension imports.
 """
@@ -202,12 +209,21 @@ def load():
     return _STATE["module"]
 
 
+def _constant_for_the_compiler(fn):
+    """fn, marked so that torch.compile calls it while tracing and keeps its (fixed) answer as a constant."""
+    import torch
+
+    return torch.compiler.assume_constant_result(fn)
+
+
+@_constant_for_the_compiler
 def unavailable_reason() -> str | None:
     """None if the extension is loaded, else why not (loads it first if needed)."""
     load()
     return _STATE["reason"]
 
 
+@_constant_for_the_compiler
 def has_cuda() -> bool:
     """Whether the loaded extension has its CUDA kernels compiled in (False if none is loaded)."""
     import torch
@@ -215,6 +231,7 @@ def has_cuda() -> bool:
     return load() is not None and bool(torch.ops.clipkern.has_cuda())
 
 
+@_constant_for_the_compiler
 def active_path() -> str | None:
     """'prebuilt', 'jit' or None (unavailable), after loading."""
     load()

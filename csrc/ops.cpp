@@ -51,6 +51,8 @@ TORCH_LIBRARY(clipkern, m) {
         "(Tensor u, Tensor t)");
   m.def("listmle_fwd(Tensor scores, Tensor targets, bool decay_log) -> Tensor");
   m.def("listmle_bwd(Tensor scores, Tensor targets, Tensor g, bool decay_log) -> Tensor");
+  m.def("sigmoid_fwd(Tensor x, Tensor y, Tensor scale, Tensor? bias, Tensor? labels, bool with_grad) -> "
+        "(Tensor loss, Tensor dx, Tensor dy, Tensor dscale_dbias)");
   m.def("torch_version() -> str", &torch_version);
   m.def("has_cuda() -> bool", &has_cuda);
 }

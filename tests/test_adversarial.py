@@ -12,7 +12,7 @@ from clipkern import _backend
 from clipkern.ops.pairdiff.reference import PAIR_EPS
 
 F32, F64 = torch.float32, torch.float64
-FAMILY_BACKENDS = {"contrastive": ("reference", "triton", "cuda"), "sigmoid": ("reference", "triton"),
+FAMILY_BACKENDS = {"contrastive": ("reference", "triton", "cuda"), "sigmoid": ("reference", "triton", "cuda"),
                    "imsep": ("reference", "triton"), "ranking": ("reference", "triton", "cuda"),
                    "pairdiff": ("reference", "triton", "cuda")}
 

@@ -69,6 +69,12 @@ def triton_loss(a: Tensor, c: Tensor, scale: Tensor, bias: Tensor | None, labels
     return triton_sigmoid_loss(a, c, scale.float(), None if bias is None else bias.float(), labels)
 
 
+def extension_loss(a: Tensor, c: Tensor, scale: Tensor, bias: Tensor | None, labels: Tensor | None) -> Tensor:
+    from .extension_ops import cuda_sigmoid_loss  # loads the csrc extension on first use
+
+    return cuda_sigmoid_loss(a, c, scale, bias, labels)
+
+
 def sigmoid_loss(a: Tensor, c: Tensor, scale: Tensor, bias: Tensor | None, labels: Tensor | None,
                  backend: str) -> Tensor:
     """−Σ_ij log σ(z_ij L_ij) / B with L = scale·a cᵀ + bias and positives (i, labels[i]) (labels

@@ -1,0 +1,143 @@
+"""Generate clipkern/backend_table.json (the rules behind backend="auto" on a GPU) from GPU benchmark JSON.
+
+    python -m benchmarks.backend_table benchmarks/results/<gpu>/*.json [--out clipkern/backend_table.json]
+                                       [--min-speedup 1.03] [--check]
+
+The table is never written by hand: this script reads the rows benchmarks/run.py writes (one per
+provider × B × metric; the fields used: loss, metric, status, backend, gpu, dtype, B, median) and,
+for every (family, GPU, dtype):
+1. at each measured B where both fused backends ("triton" and "cuda") have an ok time_ms row, the
+   winner is the faster one; "cuda" wins only when it is at least --min-speedup times faster (so that
+   noise does not flip the choice; a tie keeps auto's default, triton);
+2. runs of consecutive measured sizes with one winner become row ranges: a range starts one row after
+   the previous run's last measured B (open below for the first run) and ends at its own last
+   measured B (open above for the last run), so a B between two measured sizes takes the winner of
+   the larger one;
+3. only the ranges where "cuda" wins become rules (elsewhere auto's default, triton, is the measured
+   choice already), each naming the JSON it came from ("source", relative to the repository) and
+   its measured speedups (documentation, ignored by clipkern/_selection.py).
+Rows of a CPU run (gpu null), of other losses or with another status are ignored. The written table
+is read back through clipkern._selection.load_rules, so a malformed result fails here. --check
+compares instead of writing (exit status 1 when the committed table differs).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "clipkern" / "backend_table.json"
+FAMILY_OF_LOSS = {"clip": "contrastive", "siglip": "sigmoid", "imsep": "imsep"}
+DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+FUSED = ("triton", "cuda")
+
+
+def _source_name(path: Path) -> str:
+    path = path.resolve()
+    try:
+        return path.relative_to(ROOT).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def measured_times(paths) -> dict:
+    """{(family, gpu, dtype): {B: {backend: (median ms, source)}}} from the ok GPU time rows."""
+    out: dict = {}
+    for path in map(Path, paths):
+        rows = json.loads(path.read_text())
+        if not isinstance(rows, list):
+            raise ValueError(f"{path}: expected a list of benchmark rows (benchmarks/run.py), "
+                             f"got {type(rows).__name__}")
+        for r in rows:
+            if not isinstance(r, dict) or r.get("metric") != "time_ms" or r.get("status") != "ok":
+                continue
+            family, dtype = FAMILY_OF_LOSS.get(r.get("loss")), DTYPE_NAMES.get(r.get("dtype"))
+            backend = str(r.get("backend") or "").split(" ")[0]
+            if family is None or dtype is None or not r.get("gpu") or backend not in FUSED or r.get("median") is None:
+                continue
+            per_b = out.setdefault((family, r["gpu"], dtype), {}).setdefault(int(r["B"]), {})
+            best = per_b.get(backend)
+            if best is None or r["median"] < best[0]:  # two files measuring one point: the faster run
+                per_b[backend] = (float(r["median"]), _source_name(path))
+    return out
+
+
+def rules_from_times(times: dict, min_speedup: float = 1.03) -> list[dict]:
+    """The table's rules (see the module docstring), in a deterministic order."""
+    rules = []
+    for (family, gpu, dtype), per_b in sorted(times.items()):
+        points = []  # (B, winner, speedup of cuda over triton, source)
+        for B in sorted(per_b):
+            both = per_b[B]
+            if not all(b in both for b in FUSED):
+                continue
+            speedup = both["triton"][0] / both["cuda"][0]
+            points.append((B, "cuda" if speedup >= min_speedup else "triton", speedup, both["cuda"][1]))
+        runs: list[list] = []
+        for point in points:
+            if runs and runs[-1][-1][1] == point[1]:
+                runs[-1].append(point)
+            else:
+                runs.append([point])
+        for i, run in enumerate(runs):
+            if run[0][1] != "cuda":
+                continue
+            rules.append({
+                "family": family, "gpu": gpu, "dtype": dtype,
+                "min_rows": None if i == 0 else runs[i - 1][-1][0] + 1,
+                "max_rows": None if i == len(runs) - 1 else run[-1][0],
+                "backend": "cuda",
+                "source": run[0][3],
+                "speedup_vs_triton": {str(B): round(s, 3) for B, _, s, _ in run},
+            })
+    return rules
+
+
+def build_table(paths, min_speedup: float = 1.03) -> dict:
+    names = sorted(_source_name(Path(p)) for p in paths)
+    return {
+        "version": 1,
+        "comment": ("Generated by `python -m benchmarks.backend_table` (never by hand; format: clipkern/_selection.py) "
+                    f"from {len(names)} benchmark file(s), min speedup {min_speedup}. No rule: auto keeps its default "
+                    "(triton on CUDA tensors)."),
+        "inputs": names,
+        "rules": rules_from_times(measured_times(paths), min_speedup),
+    }
+
+
+def write_table(table: dict, out: Path) -> None:
+    from clipkern import _selection
+
+    out.write_text(json.dumps(table, indent=2) + "\n")
+    _selection.load_rules.cache_clear()
+    _selection.load_rules(str(out))  # validates; raises naming the file and the rule
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.backend_table", description=__doc__.split("\n")[0])
+    p.add_argument("inputs", nargs="*", help="benchmark JSON files written by benchmarks/run.py on a GPU")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--min-speedup", type=float, default=1.03)
+    p.add_argument("--check", action="store_true", help="compare with --out instead of writing it")
+    args = p.parse_args(argv)
+    if args.min_speedup < 1.0:
+        p.error(f"--min-speedup must be at least 1.0, got {args.min_speedup}")
+    missing = [f for f in args.inputs if not os.path.isfile(f)]
+    if missing:
+        p.error(f"inputs not found: {missing}")
+    table = build_table(args.inputs, args.min_speedup)
+    if args.check:
+        current = json.loads(args.out.read_text())
+        same = current.get("rules") == table["rules"]
+        print(f"{args.out}: {'matches' if same else 'DIFFERS from'} what {len(args.inputs)} input(s) give")
+        return 0 if same else 1
+    write_table(table, args.out)
+    print(f"wrote {args.out}: {len(table['rules'])} rule(s) from {len(args.inputs)} file(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
