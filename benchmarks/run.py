@@ -7,6 +7,16 @@ Writes DIR/<gpu-name-slug or 'cpu'>/<loss>.json (a flat list of rows, one per pr
 each row carrying versions, device and date) and <loss>.png (time and peak memory vs B, log-log),
 then prints a short table. What is measured: see benchmarks/common.py.
 
+    python -m benchmarks.run --cpu-compare --out DIR [--batch-sizes 8192] [--dim 512] [--cpu-threads 2]
+
+runs the CPU comparison instead (benchmarks/cpu_compare.py): clipkern's CPU paths against open_clip,
+time and peak extra memory, each provider in fresh subprocesses; writes DIR/cpu/<loss>_cpu_compare.json.
+
+    torchrun --nproc_per_node N -m benchmarks.run --distributed --out DIR [--batch-sizes b ...]
+
+runs the multi-process mode instead (benchmarks/distributed.py): per rank time, memory and bytes
+sent through collectives of ClipLoss(local_loss=True, gather_with_grad=True) against open_clip's.
+
 - A provider that cannot be built, or whose first run fails, is recorded as status "skipped" with
   the reason. A provider that runs out of memory at some B gets an "OOM" row there and is not run at
   larger B; any other error gets an "error" row and the same treatment.
@@ -41,9 +51,16 @@ def _parse(argv):
     p.add_argument("--providers", nargs="+", help="subset of providers (default: all for each loss)")
     p.add_argument("--huge", action="store_true", help=f"also run clipkern alone at B={HUGE_B:,} (CUDA)")
     p.add_argument("--rep-ms", type=float, default=None, help="time budget per measurement (ms)")
-    p.add_argument("--cpu-threads", type=int, default=1,
+    p.add_argument("--distributed", action="store_true",
+                   help="under torchrun: ClipLoss(local_loss, gather_with_grad) per rank vs open_clip "
+                        "(benchmarks/distributed.py); --batch-sizes are per rank")
+    p.add_argument("--reps", type=int, help="--distributed: timed steps per size (default 20 CUDA, 3 CPU)")
+    p.add_argument("--cpu-threads", type=int, default=None,
                    help="torch threads on CPU (default 1: the CPU sizes are tiny, and with 2 OpenMP threads "
-                        "on a 2-vCPU VM fwd+bwd steps stalled ~90 ms each)")
+                        "on a 2-vCPU VM fwd+bwd steps stalled ~90 ms each; 2 with --cpu-compare)")
+    p.add_argument("--cpu-compare", action="store_true",
+                   help="CPU: clipkern vs open_clip, time and peak extra memory, one subprocess per provider "
+                        "(default B=8192, D=512; benchmarks/cpu_compare.py)")
     return p.parse_args(argv)
 
 
@@ -150,6 +167,16 @@ def table(rows) -> str:
 
 def main(argv=None) -> int:
     args = _parse(argv)
+    if args.cpu_compare:
+        from . import cpu_compare
+
+        args.cpu_threads = args.cpu_threads or 2
+        return cpu_compare.run(args, C.environment(torch.device("cpu")))
+    args.cpu_threads = args.cpu_threads or 1
+    if args.distributed:
+        from . import distributed
+
+        return distributed.main(args)
     device = C.pick_device()
     cuda = device.type == "cuda"
     if args.huge and not cuda:

@@ -17,7 +17,9 @@ from ._backend import BACKENDS as _BACKENDS
 from ._backend import resolve as _resolve_backend
 from ._checks import as_scalar as _as_scalar
 from ._checks import check_pair, check_same_batch
-from .distributed import all_gather_with_grad, gather_features
+from . import losses_distributed as _dist_losses
+from .distributed import _require_initialised, all_gather_with_grad, check_equal_batches, gather_features
+from .distributed_contrastive import local_clip_loss as _local_clip_loss
 from .ops.ranking import DECAYS as _RANK_DECAYS
 from .ops.ranking import rankclip_terms as _rankclip_terms
 
@@ -50,6 +52,8 @@ class ClipLoss(_LabelCache, nn.Module):
     world_size > 1 gathers features through torch.distributed (with autograd when
     gather_with_grad). local_loss computes this rank's rows against all columns in both directions,
     labels arange(B) + rank·B; otherwise every rank computes the global loss, as open_clip does.
+    local_loss=True with gather_with_grad=True computes each logit once across ranks
+    (clipkern/distributed_contrastive.py, docs/design.md §6). Every rank must pass the same batch size.
     """
 
     def __init__(self, local_loss=False, gather_with_grad=False, cache_labels=False, rank=0,
@@ -71,7 +75,9 @@ class ClipLoss(_LabelCache, nn.Module):
     def forward(self, image_features, text_features, logit_scale, logit_bias=None, output_dict=False):
         check_pair("image_features", image_features, "text_features", text_features)
         check_same_batch("image_features", image_features, "text_features", text_features)
-        if self.world_size > 1:
+        if self.world_size > 1 and self.local_loss and self.gather_with_grad:
+            loss = self._local_loss_once(image_features, text_features, logit_scale, logit_bias)
+        elif self.world_size > 1:
             all_image, all_text = gather_features(
                 image_features, text_features, local_loss=self.local_loss,
                 gather_with_grad=self.gather_with_grad, rank=self.rank, world_size=self.world_size,
@@ -90,6 +96,20 @@ class ClipLoss(_LabelCache, nn.Module):
             loss = F._clip(image_features, text_features, logit_scale, logit_bias, None, True, self.backend,
                            ("image_features", "text_features"))
         return {"contrastive_loss": loss} if output_dict else loss
+
+    def _local_loss_once(self, image_features, text_features, logit_scale, logit_bias):
+        if self.use_horovod:
+            raise ValueError("use_horovod=True is not supported by clipkern; launch with torchrun (torch.distributed)")
+        _require_initialised(self.world_size)
+        check_equal_batches("image_features", image_features, self.world_size)
+        scale = _as_scalar("logit_scale", logit_scale, image_features)
+        bias = _as_scalar("logit_bias", logit_bias, image_features, optional=True)
+        backend = _resolve_backend(self.backend, image_features.device, image_features.dtype,
+                                   family="contrastive", rows=image_features.shape[0])
+        loss = _local_clip_loss(image_features, text_features, scale, self.world_size, backend)
+        if bias is not None:  # cancels in every softmax; an exactly-zero gradient keeps DDP happy
+            loss = loss + bias.to(loss.dtype).reshape(()) * 0.0
+        return F._out(loss)
 
 
 class SigLipLoss(_LabelCache, nn.Module):
@@ -116,9 +136,8 @@ class SigLipLoss(_LabelCache, nn.Module):
         check_same_batch("image_features", image_features, "text_features", text_features)
         rows, device = image_features.shape[0], image_features.device
         if self.world_size > 1:
-            from .distributed import _require_initialised
-
             _require_initialised(self.world_size)
+            check_equal_batches("image_features", image_features, self.world_size)
             all_text = all_gather_with_grad(text_features)
             labels = self._labels(device, rows, offset=rows * self.rank)
             loss = F._siglip(image_features, all_text, logit_scale, logit_bias, labels, self.backend, trusted=True)
@@ -134,24 +153,40 @@ class AlignClipLoss(nn.Module):
     Note the *sum* of the two CE directions (the seed code's choice): the first term is
     2·alpha·ClipLoss. forward(image_features, text_features, semantic_features, logit_scale,
     logit_bias=None, output_dict=False); output_dict gives {"contrastive_loss", "imsep_loss"}.
-    One process only in this release (world_size > 1 is refused).
+
+    world_size > 1 (docs/design.md §6): the contrastive term is ClipLoss(local_loss, gather_with_grad,
+    …) across ranks; IMSep scores this rank's rows against the gathered features of every rank
+    (semantic features gathered as constants). The mean over ranks of the loss is the single-process
+    loss on the concatenated batch (with local_loss=True; with local_loss=False the contrastive term
+    is already global on every rank). Use local_loss=True, gather_with_grad=True for exact gradients.
     """
 
     def __init__(self, alpha=1.0, beta=0.5, modalities=("image",), cache_labels=False, rank=0, world_size=1,
-                 *, backend="auto"):
+                 local_loss=False, gather_with_grad=False, *, backend="auto"):
         super().__init__()
-        if world_size != 1:
-            raise ValueError(f"AlignClipLoss supports world_size=1 only in this release, got world_size={world_size}")
         self.alpha, self.beta = float(alpha), float(beta)
         self.modalities = F._check_modalities(modalities)
-        self.clip = ClipLoss(cache_labels=cache_labels, rank=rank, world_size=world_size, backend=backend)
+        self.rank, self.world_size = rank, world_size
+        self.clip = ClipLoss(local_loss, gather_with_grad, cache_labels, rank, world_size, backend=backend)
         self.backend = backend
+
+    def _imsep(self, image_features, text_features, semantic_features, logit_scale):
+        if self.world_size == 1:
+            return F.imsep_loss(image_features, text_features, semantic_features, logit_scale,
+                                modalities=self.modalities, backend=self.backend)
+        check_pair("image_features", image_features, "text_features", text_features)
+        check_same_batch("image_features", image_features, "semantic_features", semantic_features)
+        _require_initialised(self.world_size)
+        check_equal_batches("image_features", image_features, self.world_size)
+        scale = _as_scalar("logit_scale", logit_scale, image_features)
+        pairs = {"image": (image_features, text_features), "text": (text_features, image_features)}
+        return F._out(sum(_dist_losses.imsep_rows(*pairs[m], semantic_features.detach(), scale, self.rank)
+                          for m in self.modalities))
 
     def forward(self, image_features, text_features, semantic_features, logit_scale, logit_bias=None,
                 output_dict=False):
         contrastive = 2 * self.alpha * self.clip(image_features, text_features, logit_scale, logit_bias)
-        imsep = self.beta * F.imsep_loss(image_features, text_features, semantic_features, logit_scale,
-                                         modalities=self.modalities, backend=self.backend)
+        imsep = self.beta * self._imsep(image_features, text_features, semantic_features, logit_scale)
         if output_dict:
             return {"contrastive_loss": contrastive, "imsep_loss": imsep}
         return contrastive + imsep
@@ -218,9 +253,16 @@ class RankClipLoss(nn.Module):
 
     `fused`: None (default) computes each ListMLE row's scores and targets inside the kernel from
     the features when B ≤ 256 (FUSED_MAX_N) on the triton backend, so no B×B matrix is formed;
-    above that the matrix path forms L and the Gram matrices once (fp32) and runs the ListMLE
-    kernels on them (Lᵀ is read as a view). True demands the fused path (error if it cannot run),
-    False forces the matrix path. Single process only (no feature gathering across ranks).
+    up to B = 4096 (MATRIX_PATH_MAX_B) the matrix path forms L and the Gram matrices once (fp32) and
+    runs the ListMLE kernels on them (Lᵀ is read as a view); above that a row-chunked path forms a
+    few rows of each at a time (ops/ranking/chunked.py; O(B·D) plus one chunk of memory). True
+    demands the fused path (error if it cannot run), False forces a non-fused path.
+
+    world_size > 1 (keyword-only rank, world_size; docs/design.md §6): the CLIP term is
+    ClipLoss(local_loss=True, gather_with_grad=True) (each logit once) and the ranking terms rank this
+    rank's rows of L, Lᵀ, s·VVᵀ and s·TTᵀ against the whole gathered batch (b×B blocks on the
+    ListMLE kernels), divided by the global B: the mean over ranks of the loss is the single-process
+    loss on the concatenated batch, and feature gradients sum over ranks (gather_with_grad's).
 
     forward(image_features, text_features, logit_scale, logit_bias=None, output_dict=False, *, epoch=None)
     returns the total, or {"contrastive_loss", "rank_cross_loss", "rank_in_loss"} (weights applied)
@@ -231,8 +273,11 @@ class RankClipLoss(nn.Module):
     def __init__(self, total_epochs: int, *, cross_weight: float = 1 / 32, in_weight: float = 1 / 32,
                  ramp_slope: float = 3.0, ramp_max: float = 2.0, clip_weight: float = 1.0,
                  normalize_by_batch: bool = True, decay: str | None = None, fused: bool | None = None,
-                 backend: str = "auto"):
+                 backend: str = "auto", rank: int = 0, world_size: int = 1):
         super().__init__()
+        self.rank, self.world_size = rank, world_size
+        self.clip = ClipLoss(local_loss=True, gather_with_grad=True, rank=rank, world_size=world_size,
+                             backend=backend)
         if not isinstance(total_epochs, int) or isinstance(total_epochs, bool) or total_epochs < 2:
             raise ValueError(f"total_epochs must be an integer >= 2 (the ramp divides by total_epochs - 1), "
                              f"got {total_epochs!r}")
@@ -274,8 +319,7 @@ class RankClipLoss(nn.Module):
                                  "pass epoch=e (epochs count from 1)")
         else:
             epoch = _check_epoch(epoch)
-        clip = self.clip_weight * F.clip_loss(image_features, text_features, logit_scale, logit_bias,
-                                              backend=self.backend)
+        clip = self.clip_weight * self.clip(image_features, text_features, logit_scale, logit_bias)
         w = self.ramp_weight(epoch)
         if w == 0.0:  # the ranking terms are skipped, not multiplied by 0
             rank_cross = rank_in = torch.zeros_like(clip)
@@ -283,8 +327,12 @@ class RankClipLoss(nn.Module):
             scale = _as_scalar("logit_scale", logit_scale, image_features)
             backend = _resolve_backend(self.backend, image_features.device, image_features.dtype, family="ranking",
                                        rows=image_features.shape[0])
-            cross, inner = _rankclip_terms(image_features, text_features, scale, self.decay, backend, self.fused)
-            factor = w / image_features.shape[0] if self.normalize_by_batch else w
+            if self.world_size > 1:
+                cross, inner = _dist_losses.rank_terms_rows(image_features, text_features, scale, self.decay, backend)
+            else:
+                cross, inner = _rankclip_terms(image_features, text_features, scale, self.decay, backend, self.fused)
+            batch = image_features.shape[0] * self.world_size  # the global batch
+            factor = w / batch if self.normalize_by_batch else w
             rank_cross = (factor * self.cross_weight) * cross.to(clip.dtype)
             rank_in = (factor * self.in_weight) * inner.to(clip.dtype)
         if output_dict:
@@ -303,14 +351,40 @@ class PairwiseDifferenceLoss(nn.Module):
     N(N−1) ordered image pairs on the fused kernel. output_dict gives {"difference_loss": …}.
     Freezing the image tower (the paper's recipe) is the training loop's job: the loss passes
     gradients to both feature matrices.
+
+    world_size > 1 (keyword-only rank, world_size; docs/design.md §6), listed form only: each rank's
+    pairs index its own images; the global batch is the concatenation of every rank's texts and
+    pairs, each text scored against every rank's difference vectors and each difference vector
+    against every rank's texts (each logit once). The mean over ranks of the loss is the
+    single-process loss on the concatenated batch (pairs offset to the concatenated images);
+    feature gradients sum over ranks. all_pairs=True with world_size > 1 is refused: its candidate
+    set (every ordered pair of the global images) is not split by rank.
     """
 
-    def __init__(self, logit_scale=1.0, all_pairs=False, *, backend="auto"):
+    def __init__(self, logit_scale=1.0, all_pairs=False, *, backend="auto", rank=0, world_size=1):
         super().__init__()
         self.logit_scale, self.all_pairs, self.backend = float(logit_scale), bool(all_pairs), backend
+        if world_size > 1 and self.all_pairs:
+            raise ValueError(f"all_pairs=True runs on one process only (world_size={world_size}); use the listed "
+                             "form (all_pairs=False) across ranks")
+        self.rank, self.world_size = rank, world_size
 
     def forward(self, text_features, image_features, pairs, logit_scale=None, output_dict=False):
         scale = self.logit_scale if logit_scale is None else logit_scale
+        if self.world_size > 1:
+            loss = self._distributed(text_features, image_features, pairs, scale)
+            return {"difference_loss": loss} if output_dict else loss
         loss = F.pairwise_difference_loss(text_features, image_features, pairs, scale, all_pairs=self.all_pairs,
                                           backend=self.backend)
         return {"difference_loss": loss} if output_dict else loss
+
+    def _distributed(self, text_features, image_features, pairs, logit_scale):
+        check_pair("text_features", text_features, "image_features", image_features)
+        pairs = F._check_pairs(pairs, text_features.shape[0], image_features.shape[0], text_features.device)
+        _require_initialised(self.world_size)
+        check_equal_batches("text_features", text_features, self.world_size)
+        scale = _as_scalar("logit_scale", logit_scale, text_features)
+        backend = _resolve_backend(self.backend, text_features.device, text_features.dtype, family="contrastive",
+                                   rows=text_features.shape[0])
+        return F._out(_dist_losses.listed_pairs_rows(text_features, image_features, pairs, scale, self.world_size,
+                                                     backend))

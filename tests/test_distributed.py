@@ -20,7 +20,10 @@ ClipLoss (open_clip semantics; all_gather's backward sums the gathered gradients
 - local_loss=False, gather_with_grad=False: loss_r = L; the other ranks' features are constants, so
   x_r.grad = c·G[slice r] exactly (open_clip's known 1/W gradient scale under DDP); s.grad = c·dL/ds.
 - local_loss=True,  gather_with_grad=False: mean_r loss_r = L; gradients only against open_clip.
-- In every combination: the loss and all gradients equal open_clip's ClipLoss run by the same ranks.
+- In every combination: the loss and all gradients equal open_clip's ClipLoss run by the same ranks,
+  except that with local_loss=True, gather_with_grad=True (each logit computed once) only the mean
+  over ranks of d/d logit_scale (and logit_bias) is open_clip's (see clipkern/distributed_contrastive.py).
+- clipkern's modules print no FutureWarning (the functional collectives are not deprecated).
 SigLipLoss (images stay local, texts travel): mean_r loss_r = L, x_r.grad = c·W·G[slice r] for
 images and texts, mean_r s.grad = c·dL/ds (and the same for the bias), and per rank the loss and the
 gradients equal open_clip's SigLipLoss with each dist_impl ('bidir', 'shift', 'reduce', 'gather').
@@ -36,6 +39,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from datetime import timedelta
 from pathlib import Path
 
@@ -158,9 +162,24 @@ def _check_clip(ctx):
         for step, (scale, bias) in enumerate([(1 / 0.07, None), (100.0, -2.5)]):
             what = f"ClipLoss(local_loss={local_loss}, gather_with_grad={gwg}) step {step}"
             image, text, coef = _data(step, ctx.dtype)
-            got = _distributed(ctx, ours, image, text, scale, bias, coef)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                got = _distributed(ctx, ours, image, text, scale, bias, coef)
+            assert not [w for w in caught if issubclass(w.category, FutureWarning)], \
+                f"[rank {ctx.rank}] {what}: FutureWarning: {[str(w.message) for w in caught]}"
             if theirs is not None:
-                _compare(ctx, got, _distributed(ctx, theirs, image, text, scale, bias, coef), f"{what} vs open_clip")
+                theirs_got = _distributed(ctx, theirs, image, text, scale, bias, coef)
+                # each logit once (local_loss and gather_with_grad): a rank's copy of logit_scale gets
+                # the scale gradient of the logits it computed, so only the mean over ranks (what DDP
+                # applies) is open_clip's (clipkern/distributed_contrastive.py)
+                once = local_loss and gwg
+                keys = ("loss", "image", "text") + (() if once else ("scale", "bias"))
+                _compare(ctx, got, theirs_got, f"{what} vs open_clip", keys)
+                if once:
+                    for k in ("scale", "bias"):
+                        if theirs_got[k] is not None:
+                            ctx.close(ctx.mean_over_ranks(got[k]), ctx.mean_over_ranks(theirs_got[k]),
+                                      f"{what} vs open_clip: mean over ranks of d/d {k}")
 
             ref = _single_process(glob, image, text, scale, bias, coef, ctx.dtype)
             if local_loss:
@@ -239,7 +258,10 @@ def _worker_main(argv) -> int:
 # parent side (pytest)
 
 
-def _launch(tmp_path: Path, world_size: int, backend: str, dtype: str) -> None:
+def _launch(tmp_path: Path, world_size: int, backend: str, dtype: str, script: Path | None = None) -> None:
+    """Run `script` (default: this file) as `world_size` gloo workers: SCRIPT --worker RANK WORLD_SIZE
+    INIT BACKEND DTYPE [--open-clip]; fail the test with every rank's output if one fails."""
+    script = Path(__file__).resolve() if script is None else script
     env = dict(os.environ)
     env.update(
         TRITON_INTERPRET="1",  # CPU tensors: the triton backend needs the interpreter
@@ -257,7 +279,7 @@ def _launch(tmp_path: Path, world_size: int, backend: str, dtype: str) -> None:
         logs.append(log_path)
         with open(log_path, "w") as log:
             procs.append(subprocess.Popen(
-                [sys.executable, str(Path(__file__).resolve()), "--worker", str(rank), str(world_size), init,
+                [sys.executable, str(script), "--worker", str(rank), str(world_size), init,
                  backend, dtype, *extra],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=str(PKG_ROOT)))
     deadline = time.monotonic() + LAUNCH_TIMEOUT_S
