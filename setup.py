@@ -1,7 +1,7 @@
 """Build script: the package is pure Python plus one extension, `clipkern._C` (csrc/).
 
-`clipkern._C` is always built from csrc/ops.cpp + csrc/cpu/*.cpp (the op schemas and their C++
-CPU implementations). The CUDA kernels csrc/cuda/*.cu are added (with -DCLIPKERN_WITH_CUDA) when
+`clipkern._C` is always built from csrc/ops.cpp + csrc/composite/*.cpp + csrc/cpu/*.cpp (the op
+schemas, the device-generic ops and the C++ CPU implementations). The CUDA kernels csrc/cuda/*.cu are added (with -DCLIPKERN_WITH_CUDA) when
   - CLIPKERN_BUILD_CUDA=1: always; an error if torch is not a CUDA build or nvcc is missing;
   - CLIPKERN_BUILD_CUDA=0: never;
   - unset: when torch is a CUDA build, nvcc is found and csrc/cuda/ has .cu files.
@@ -101,7 +101,7 @@ def extension_kwargs() -> dict:
               "`pip install --no-build-isolation .` in an environment that has torch.", file=sys.stderr)
         return {}
     rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))  # noqa: E731
-    cpp_sources = ["csrc/ops.cpp", *rel("csrc/cpu/*.cpp")]
+    cpp_sources = ["csrc/ops.cpp", *rel("csrc/composite/*.cpp"), *rel("csrc/cpu/*.cpp")]
     cu_sources = rel("csrc/cuda/*.cu")
     with_cuda, why = _cuda_plan(cu_sources)
     os.environ.setdefault("MAX_JOBS", "2")

@@ -133,7 +133,8 @@ def cache_dir() -> str:
 def _jit_sources() -> list[str]:
     import glob
 
-    return [os.path.join(CSRC, "ops.cpp"), *sorted(glob.glob(os.path.join(CSRC, "cpu", "*.cpp"))),
+    return [os.path.join(CSRC, "ops.cpp"), *sorted(glob.glob(os.path.join(CSRC, "composite", "*.cpp"))),
+            *sorted(glob.glob(os.path.join(CSRC, "cpu", "*.cpp"))),
             *sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")))]
 
 

@@ -5,6 +5,8 @@
 // Implementations are registered elsewhere, per dispatch key:
 //   csrc/cpu/*.cpp   TORCH_LIBRARY_IMPL(clipkern, CPU, m)   plain C++ (always built)
 //   csrc/cuda/*.cu   TORCH_LIBRARY_IMPL(clipkern, CUDA, m)  CUDA kernels (built with CLIPKERN_WITH_CUDA)
+//   csrc/composite/*.cpp  TORCH_LIBRARY_IMPL(clipkern, CompositeExplicitAutograd, m)  every device: ops
+//                    built from the per-device ops above plus O(B·D) ATen work
 // The math of every op is written in csrc/README.md and at the top of each implementation file.
 // The Triton custom ops of the Python package live in the same namespace as FRAGMENTs, under the
 // names clipkern::triton_*; the names below deliberately differ from them.
@@ -45,7 +47,13 @@ TORCH_LIBRARY(clipkern, m) {
   m.def("contrastive_fwd(Tensor x, Tensor y, Tensor scale) -> "
         "(Tensor row_max, Tensor row_logsum, Tensor col_max, Tensor col_logsum)");
   m.def("contrastive_bwd(Tensor x, Tensor y, Tensor scale, Tensor row_max, Tensor row_logsum, "
-        "Tensor col_max, Tensor col_logsum, Tensor g_row, Tensor g_col) -> (Tensor dx, Tensor dy, Tensor dscale)");
+        "Tensor col_max, Tensor col_logsum, Tensor g_row, Tensor g_col, Tensor? pos_grad=None) -> "
+        "(Tensor dx, Tensor dy, Tensor dscale)");
+  m.def("contrastive_loss_fwd(Tensor x, Tensor y, Tensor scale, Tensor? labels, bool symmetric) -> "
+        "(Tensor loss, Tensor row_max, Tensor row_logsum, Tensor col_max, Tensor col_logsum, Tensor raw_pos_sum)");
+  m.def("contrastive_loss_bwd(Tensor x, Tensor y, Tensor scale, Tensor? labels, Tensor row_max, Tensor row_logsum, "
+        "Tensor col_max, Tensor col_logsum, Tensor raw_pos_sum, Tensor g, bool symmetric) -> "
+        "(Tensor dx, Tensor dy, Tensor dscale)");
   m.def("pairdiff_fwd(Tensor a, Tensor r, Tensor scale) -> (Tensor lse_max, Tensor lse_logsum)");
   m.def("pairdiff_bwd(Tensor a, Tensor r, Tensor scale, Tensor lse_max, Tensor lse_logsum, Tensor g) -> "
         "(Tensor u, Tensor t)");

@@ -1,4 +1,6 @@
 """Bad input gets a clear error naming the argument; non-finite input never gives a finite loss."""
+import warnings
+
 import pytest
 import torch
 
@@ -115,8 +117,10 @@ def test_env_override_of_auto(monkeypatch):
 
 
 def test_env_preference_falls_back_for_families_without_it(monkeypatch):
-    """CLIPKERN_BACKEND=cuda set to speed up CLIP must not break SigLIP or IMSep (no csrc twins):
-    they run on the next backend, with one warning each, and give the reference's loss."""
+    """CLIPKERN_BACKEND=cuda set to speed up CLIP must not break IMSep (no csrc twin): it runs on the
+    next backend, with one warning, and gives the reference's loss. SigLIP has a C++ op on CPU tensors
+    (csrc/cpu/sigmoid.cpp): it honours the preference there, without a warning (on CUDA tensors it
+    has no csrc kernel and falls back like IMSep: ops/dispatch.CPU_ONLY)."""
     from clipkern.ops import dispatch
 
     monkeypatch.setattr(dispatch, "_WARNED", set())
@@ -125,9 +129,11 @@ def test_env_preference_falls_back_for_families_without_it(monkeypatch):
     with pytest.warns(UserWarning, match="the imsep loss has no 'cuda' implementation"):
         got = CF.imsep_loss(a, c, sem, s)
     torch.testing.assert_close(got, CF.imsep_loss(a, c, sem, s, backend="reference"))
-    with pytest.warns(UserWarning, match="the sigmoid loss has no 'cuda' implementation"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning: the C++ op honours the preference
         got = CF.siglip_loss(a, c, s, b)
     torch.testing.assert_close(got, CF.siglip_loss(a, c, s, b, backend="reference"))
+    torch.testing.assert_close(got, CF.siglip_loss(a, c, s, b, backend="cuda"), rtol=0, atol=0)
     with pytest.raises(clipkern.BackendUnavailable, match="no imsep implementation"):
         CF.imsep_loss(a, c, sem, s, backend="cuda")  # named explicitly: a clear error
 

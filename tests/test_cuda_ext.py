@@ -290,6 +290,8 @@ def _opcheck_cases(dtype):
     x, y = features(7, 20, dtype), features(33, 20, dtype)
     s = torch.tensor(14.3)
     rm, rl, cm, cl = OPS.contrastive_fwd(x, y, s)
+    labels = torch.randint(0, 33, (7,))
+    loss_stats = OPS.contrastive_loss_fwd(x, y, s, labels, True)[1:]
     a, r = torch.randn(5, 9), torch.rand(9, 9)
     lmax, lsum = OPS.pairdiff_fwd(a, r, s)
     scores, targets = torch.randn(6, 11, dtype=dtype), torch.randn(6, 11, dtype=dtype)
@@ -297,6 +299,11 @@ def _opcheck_cases(dtype):
     return [
         (OPS.contrastive_fwd, (grad(x), grad(y), grad(s))),
         (OPS.contrastive_bwd, (x, y, s, rm, rl, cm, cl, torch.randn(7), torch.randn(33))),
+        (OPS.contrastive_bwd, (x, x, s, rm, rl, rm, rl, torch.randn(7), torch.randn(7), torch.tensor(-0.3))),
+        (OPS.contrastive_loss_fwd, (grad(x), grad(y), grad(s), None, True)),
+        (OPS.contrastive_loss_fwd, (grad(x), grad(y), grad(s), labels, True)),
+        (OPS.contrastive_loss_fwd, (grad(x), grad(y), grad(s), None, False)),
+        (OPS.contrastive_loss_bwd, (x, y, s, labels, *loss_stats, torch.randn(()), True)),
         (OPS.pairdiff_fwd, (grad(a), grad(r), grad(s))),
         (OPS.pairdiff_bwd, (a, r, s, lmax, lsum, torch.randn(5))),
         (OPS.listmle_fwd, (grad(scores), targets, True)),

@@ -19,8 +19,9 @@ numbers the host code launches with, and the binary facts come from the sm_90a c
   The data-dependent exact fallbacks (a column sum below the flush floor; some b_j > e^30) are not
   counted: they do not occur on the model's inputs (unit features, s = 14.3), as for the Triton count.
 * Torch work: the extension's GEMMs (dX = ws·Y, dY = wsᵀ·X, fp32 accumulation across chunks), its
-  sum and cast, exactly as hopper_dispatch.cuh issues them; and the public API's own ops around the
-  csrc op (`extension_loss`: positives, means, their backward), recorded by running
+  sum and cast, exactly as hopper_dispatch.cuh issues them; the ATen ops of the loss op pair
+  (csrc/composite/contrastive_loss.cpp: positives, means, their backward), listed as that file issues
+  them; and whatever the public API itself adds around the op, recorded by running
   `clipkern.functional.clip_loss(backend="cuda")` on fake tensors (FakeTensorMode: shapes only).
 * Binary facts (registers, spills, MMA kind, async copies) come from the sm_90a code in the built
   extension (clipkern/_C*.so); without one, from a compile of hopper_contrastive.cu alone, cached
@@ -124,13 +125,16 @@ def kernel_groups(M: int, N: int, D: int, elem_bytes: int) -> list[dict]:
 
 
 def extension_torch_ops(M: int, N: int, D: int, dtype: torch.dtype) -> list:
-    """The torch ops the csrc contrastive_bwd issues around its dS kernel (hopper_dispatch.cuh)."""
+    """The torch ops the csrc contrastive_bwd issues around its dS kernel (kernels.cu, hopper_dispatch.cuh),
+    called with pos_grad as the loss op pair calls it for labels None."""
     e = torch.tensor([], dtype=dtype).element_size()
     name = str(dtype)
     chunk = workspace_rows(M, N, D, e, _env_budget_mb())
-    ops, first = [], True
+    ops, first = [count.TorchOp("mul", "op", "bwd", 0, 12, "torch.float32")], True  # s·pos_grad (kernels.cu)
     for r0 in range(0, M, chunk):
         rows = min(chunk, M - r0)
+        # the positives: s·pos_grad added to the chunk's diagonal of the workspace (hopper_dispatch.cuh)
+        ops.append(count.TorchOp("add_", "op", "bwd", 0, 2 * e * min(rows, N - r0), name))
         ops.append(count.TorchOp("mm", "gemm", "bwd", 2 * rows * N * D, e * (rows * N + N * D + rows * D), name))
         if chunk >= M:
             ops.append(count.TorchOp("mm", "gemm", "bwd", 2 * rows * N * D, e * (rows * N + M * D + N * D), name))
@@ -144,6 +148,23 @@ def extension_torch_ops(M: int, N: int, D: int, dtype: torch.dtype) -> list:
     tiles = _cdiv(M, plan_constants()["kTileRows"]) * _cdiv(N, plan_constants()["kTileCols"])
     ops.append(count.TorchOp("sum", "op", "bwd", 0, 4 * tiles + 4, "torch.float32"))
     return ops
+
+
+def loss_op_torch_ops(M: int, N: int, D: int, dtype: torch.dtype) -> list:
+    """The ATen ops of the csrc loss op pair around contrastive_fwd / contrastive_bwd, exactly as
+    csrc/composite/contrastive_loss.cpp issues them for 16-bit CUDA features, labels None, symmetric,
+    M == N (the ClipLoss default): the positives (one batched GEMM with an fp32 result and its sum), the
+    loss (one stack + sum of the statistics, one fused multiply-add), the backward's weights, and the
+    positives' scale term. The positives' feature gradient is folded into the dS workspace
+    (extension_torch_ops), so no op here passes over the features except the forward's GEMM."""
+    e = torch.tensor([], dtype=dtype).element_size()
+    f = "torch.float32"
+    tiny = lambda op, phase, n=1: count.TorchOp(op, "op", phase, 0, 4 * n, f)  # noqa: E731
+    fwd = [count.TorchOp("bmm", "gemm", "fwd", 2 * M * D, e * 2 * M * D + 4 * M, f), tiny("sum", "fwd", M),
+           count.TorchOp("stack", "op", "fwd", 0, 4 * 2 * (2 * M + 2 * M), f), tiny("sum", "fwd", 4 * M),
+           tiny("mul", "fwd"), tiny("addcmul", "fwd")]
+    bwd = [tiny("mul", "bwd"), tiny("clone", "bwd", 2 * M), tiny("mul", "bwd"), tiny("addcmul", "bwd")]
+    return fwd + bwd
 
 
 # ---------------------------------------------------------------- the public API's ops around the csrc op
@@ -351,7 +372,7 @@ def run(batch: int, dim: int, dtype_name: str, *, compile_kernels: bool = True) 
     M = N = batch
     e = torch.tensor([], dtype=dtype).element_size()
     groups = kernel_groups(M, N, dim, e)
-    ext_ops = extension_torch_ops(M, N, dim, dtype)
+    ext_ops = extension_torch_ops(M, N, dim, dtype) + loss_op_torch_ops(M, N, dim, dtype)
     api_ops, custom = api_torch_ops(M, N, dim, dtype)
     compiled, source = compiled_kernels() if compile_kernels else ({}, None)
     kernels, times = [], []

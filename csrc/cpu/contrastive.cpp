@@ -8,7 +8,8 @@
 //             (every exponent is fma(raw, s, −m), in the forward too, as in the CUDA and Triton kernels, so
 //             P is consistent with its statistics; the pair is never merged into one lse: at |S| ~ 100
 //             the rounding of an fp32 lse would be the relative error of every P)
-//             dS = g_row[:,None]·P_r + g_col[None,:]·P_c
+//             dS = g_row[:,None]·P_r + g_col[None,:]·P_c   (+ pos_grad on the diagonal dS[i, i] when given:
+//             the positives' gradient of a loss with labels i; its scale term pos_grad·Σ raw_ii is the caller's)
 //             dx = scale·dS y,  dy = scale·dSᵀ x,  dscale = Σ_ij dS_ij raw_ij
 //
 // Structure (docs/design.md §4.2, the GPU backward's): rows are taken in chunks of chunk_rows()
@@ -23,6 +24,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <optional>
 #include <vector>
 
 #include "chunking.h"
@@ -155,10 +157,17 @@ void chunk_ds(T* raw, int64_t rows, int64_t N, T s, const T* rmax, const T* rlog
   });
 }
 
+void check_pos_grad(const at::Tensor& pos_grad, int64_t M, int64_t N) {
+  TORCH_CHECK(pos_grad.dim() == 0, "clipkern::contrastive_bwd: pos_grad must be a 0-dim tensor, got shape ",
+              pos_grad.sizes());
+  TORCH_CHECK(M <= N, "clipkern::contrastive_bwd: pos_grad adds to dS[i, i], so x may not have more rows than y (",
+              M, " > ", N, ")");
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_bwd_cpu(
     const at::Tensor& x_in, const at::Tensor& y_in, const at::Tensor& scale, const at::Tensor& row_max,
     const at::Tensor& row_logsum, const at::Tensor& col_max, const at::Tensor& col_logsum, const at::Tensor& g_row,
-    const at::Tensor& g_col) {
+    const at::Tensor& g_col, const std::optional<at::Tensor>& pos_grad) {
   check_pair(x_in, y_in, scale);
   const int64_t M = x_in.size(0), N = y_in.size(0), D = x_in.size(1);
   check_vector("row_max", row_max, M);
@@ -172,6 +181,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_bwd_cpu(
   const auto vec = [&](const at::Tensor& t) { return t.to(acc).contiguous(); };
   const at::Tensor rmax = vec(row_max), rlog = vec(row_logsum), cmax = vec(col_max), clog = vec(col_logsum);
   const at::Tensor gr = vec(g_row), gc = vec(g_col);
+  if (pos_grad.has_value()) check_pos_grad(*pos_grad, M, N);
+  // s·pos_grad, added to the workspace's s·dS at (i, i) after each chunk's pass (as the CUDA paths do)
+  const at::Tensor pos_ws = pos_grad.has_value() ? (pos_grad->to(acc) * scale.to(acc)) : at::Tensor();
   at::Tensor dx = at::full({M, D}, std::numeric_limits<double>::quiet_NaN(), x.options());
   at::Tensor dy = at::zeros({N, D}, x.options());
   at::Tensor row_dscale = at::full({M}, std::numeric_limits<double>::quiet_NaN(), x.options().dtype(at::kDouble));
@@ -188,6 +200,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_bwd_cpu(
       chunk_ds<scalar_t>(ws.data_ptr<scalar_t>(), rows, N, s, rmax.data_ptr<scalar_t>() + start,
                          rlog.data_ptr<scalar_t>() + start, gr.data_ptr<scalar_t>() + start, cmax.data_ptr<scalar_t>(),
                          clog.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>(), row_dscale.data_ptr<double>() + start);
+      if (pos_ws.defined()) ws.diagonal(start).add_(pos_ws);  // elements (i − start, i) of the chunk
       at::Tensor dx_chunk = dx.narrow(0, start, rows);
       at::mm_out(dx_chunk, ws, y);  // ws holds s·dS
       dy.addmm_(ws.t(), xb);

@@ -46,13 +46,14 @@ double workspace_mb_env(const char* op) {
 }
 
 // dx, dy, dscale of contrastive_bwd through the Hopper dS kernel: for each row chunk [r0, r1),
-//   ws = scale·dS[r0:r1] (feature dtype),  dx[r0:r1] = ws·y,  dy (+)= wsᵀ·x[r0:r1]
+//   ws = scale·dS[r0:r1] (feature dtype; + pos_ws on (i, i) when defined),  dx[r0:r1] = ws·y,  dy (+)= wsᵀ·x[r0:r1]
 // as ops/base.chunked_input_grads: one chunk makes dy a single GEMM in the feature dtype; several
 // accumulate dy in fp32 (mm / addmm with out_dtype float32) and round once at the end.
 std::tuple<Tensor, Tensor, Tensor> hopper_contrastive_bwd(const Tensor& x, const Tensor& y, const Tensor& scale,
                                                           const Tensor& row_max, const Tensor& row_logsum,
                                                           const Tensor& col_max, const Tensor& col_logsum,
-                                                          const Tensor& g_row, const Tensor& g_col, const char* op) {
+                                                          const Tensor& g_row, const Tensor& g_col,
+                                                          const Tensor& pos_ws, const char* op) {
   const int64_t M = x.size(0), N = y.size(0), D = x.size(1);
   const int64_t chunk = clipkern_hopper::workspace_rows(M, N, D, x.element_size(), workspace_mb_env(op));
   Tensor ws = new_buffer({chunk, N}, x.options());
@@ -72,6 +73,7 @@ std::tuple<Tensor, Tensor, Tensor> hopper_contrastive_bwd(const Tensor& x, const
                                               g_row.data_ptr<float>(), g_col.data_ptr<float>(), w.data_ptr(),
                                               dscale_part.data_ptr<float>(), stream),
         op, "contrastive_ds_sm90_kernel");
+    if (pos_ws.defined()) w.diagonal(r0).add_(pos_ws);  // s·pos_grad at (i − r0, i): the positives, before the GEMMs
     Tensor dx_rows = dx.narrow(0, r0, rows);
     at::mm_out(dx_rows, w, y);
     const Tensor x_rows = x.narrow(0, r0, rows);

@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <limits>
 #include <string>
+#include <optional>
 #include <tuple>
 
 #include "contrastive.cuh"
@@ -195,7 +196,8 @@ void launch_contrastive_bwd(const Tensor& x, const Tensor& y, const Tensor& scal
 std::tuple<Tensor, Tensor, Tensor> contrastive_bwd_cuda(const Tensor& x_in, const Tensor& y_in, const Tensor& scale_in,
                                                         const Tensor& row_max_in, const Tensor& row_logsum_in,
                                                         const Tensor& col_max_in, const Tensor& col_logsum_in,
-                                                        const Tensor& g_row_in, const Tensor& g_col_in) {
+                                                        const Tensor& g_row_in, const Tensor& g_col_in,
+                                                        const std::optional<Tensor>& pos_grad_in) {
   constexpr const char* op = "clipkern::contrastive_bwd";
   check_feature_pair(x_in, y_in, op);
   const int64_t M = x_in.size(0), N = y_in.size(0);
@@ -207,8 +209,17 @@ std::tuple<Tensor, Tensor, Tensor> contrastive_bwd_cuda(const Tensor& x_in, cons
   const Tensor col_logsum = vector_f32(col_logsum_in, N, x_in, op, "col_logsum");
   const Tensor g_row = vector_f32(g_row_in, M, x_in, op, "g_row");
   const Tensor g_col = vector_f32(g_col_in, N, x_in, op, "g_col");
+  // pos_grad (0-dim): added to dS[i, i] for every row (the positives of a loss with labels i); s·pos_grad,
+  // the value the s·dS workspace gains there. Its scale term (pos_grad·Σ raw_ii) is the caller's.
+  Tensor pos_ws;
+  if (pos_grad_in.has_value()) {
+    TORCH_CHECK(pos_grad_in->dim() == 0, op, ": pos_grad must be a 0-dim tensor, got shape ", pos_grad_in->sizes());
+    TORCH_CHECK(M <= N, op, ": pos_grad adds to dS[i, i], so x may not have more rows than y (", M, " > ", N, ")");
+    check_same_device(*pos_grad_in, x_in, op, "pos_grad");
+    pos_ws = pos_grad_in->to(at::kFloat) * scale;
+  }
   if (use_hopper_contrastive(x, y))
-    return hopper_contrastive_bwd(x, y, scale, row_max, row_logsum, col_max, col_logsum, g_row, g_col, op);
+    return hopper_contrastive_bwd(x, y, scale, row_max, row_logsum, col_max, col_logsum, g_row, g_col, pos_ws, op);
   Tensor dx = new_buffer(x.sizes(), x.options()), dy = new_buffer(y.sizes(), y.options());
   Tensor dscale_part = new_buffer({ceil_div(M, contrastive::B_OWN)}, x.options().dtype(at::kFloat));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -220,6 +231,10 @@ std::tuple<Tensor, Tensor, Tensor> contrastive_bwd_cuda(const Tensor& x_in, cons
                                     stream);
   });
   Tensor dscale = dscale_part.sum();  // fixed-size reduction: deterministic
+  if (pos_ws.defined()) {  // these kernels own whole rows of dx / dy: the diagonal term as two feature passes
+    dx.addcmul_(y.narrow(0, 0, M), pos_ws);
+    dy.narrow(0, 0, M).addcmul_(x, pos_ws);
+  }
   return {dx, dy, dscale};
 }
 

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..._checks import register_no_double_backward
 from .. import dispatch
-from ..base import accumulation_dtype, positive_logits, zero_grad_term
+from ..base import accumulation_dtype, zero_grad_term
 from . import reference
 
 
@@ -147,18 +147,12 @@ def triton_loss(a: Tensor, c: Tensor, scale: Tensor, bias: Tensor | None, labels
 
 def extension_loss(a: Tensor, c: Tensor, scale: Tensor, bias: Tensor | None, labels: Tensor | None,
                    symmetric: bool) -> Tensor:
-    labels = torch.arange(a.shape[0], device=a.device) if labels is None else labels
-    # one scale in the op's accumulation dtype (fp64 for fp64 features on a CPU) for the op and the
-    # positives: an fp32-rounded scale in the op against the fp64 one in `pos` left a nonzero loss where
-    # it must be 0, and two separately rounded ds parts summed to a less accurate ds
-    scale = scale.to(accumulation_dtype(a))
-    row_max, row_logsum, col_max, col_logsum = lse_op("cuda")(a, c, scale)
-    row_lse, col_lse = row_max + row_logsum, col_max + col_logsum
-    pos = positive_logits(a, c, labels, scale)
-    loss = (row_lse - pos).mean()
-    if symmetric:
-        loss = (loss + (col_lse.index_select(0, labels) - pos).mean()) / 2
-    return loss + zero_grad_term(bias)
+    from .extension_ops import cuda_clip_loss
+
+    # one scale in the op's accumulation dtype (fp64 for fp64 features on a CPU) for the statistics and
+    # the positives: an fp32-rounded scale against an fp64 one left a nonzero loss where it must be 0
+    loss = cuda_clip_loss(a, c, scale.to(accumulation_dtype(a)), labels, symmetric)
+    return loss if bias is None else loss + zero_grad_term(bias)
 
 
 def contrastive_loss(a: Tensor, c: Tensor, scale: Tensor, bias: Tensor | None, labels: Tensor | None,
