@@ -87,11 +87,13 @@ class SigLipRecipe(Recipe):
 
 class RankClipRecipe(Recipe):
     """RankCLIP: CLIP + ranking consistency with the loss's epoch ramp (epochs count from 1 there).
-    Under DDP each process ranks within its local batch."""
+    Under torchrun each process ranks its rows against the whole gathered batch (clipkern.RankClipLoss
+    with rank/world_size: the mean over ranks is the single-process loss on the global batch)."""
     name = "rankclip"
 
     def build_loss(self):
-        return clipkern.RankClipLoss(total_epochs=self.args.epochs, backend=self.args.backend)
+        return clipkern.RankClipLoss(total_epochs=self.args.epochs, backend=self.args.backend,
+                                     rank=self.rank, world_size=self.world_size)
 
     def set_epoch(self, epoch):
         self.loss.set_epoch(epoch + 1)
@@ -99,18 +101,20 @@ class RankClipRecipe(Recipe):
 
 class AlignClipRecipe(Recipe):
     """AlignCLIP: CLIP + intra-modality separation scaled by caption dissimilarity from the sentence
-    encoder (training/semantic.py, cached on disk). Single process (AlignClipLoss's restriction)."""
+    encoder (training/semantic.py, cached on disk). Under torchrun the contrastive term follows
+    --local-loss/--gather-with-grad and IMSep scores each rank's rows against the gathered batch
+    (clipkern.AlignClipLoss with rank/world_size)."""
     name = "alignclip"
 
     def __init__(self, args, rank=0, world_size=1, semantic=None):
-        if world_size != 1:
-            raise ValueError("--loss alignclip runs in one process only (clipkern.AlignClipLoss supports "
-                             f"world_size=1), got world_size={world_size}")
         super().__init__(args, rank, world_size)
         self.semantic = semantic
 
     def build_loss(self):
-        return clipkern.AlignClipLoss(backend=self.args.backend)
+        kw = self.clip_kwargs()
+        return clipkern.AlignClipLoss(cache_labels=True, rank=kw["rank"], world_size=kw["world_size"],
+                                      local_loss=kw["local_loss"], gather_with_grad=kw["gather_with_grad"],
+                                      backend=kw["backend"])
 
     def prepare(self, batch, device):
         if self.semantic is None:
@@ -126,12 +130,15 @@ class AlignClipRecipe(Recipe):
 class PcClipRecipe(Recipe):
     """PC-CLIP: difference texts against normalised image-feature differences of listed pairs (or all
     ordered pairs with --all-pairs). Image tower frozen by default; the loss uses the paper's fixed
-    scale 1, so logit_scale is frozen too (it would get no gradient)."""
+    scale 1, so logit_scale is frozen too (it would get no gradient). Under torchrun each rank's listed
+    pairs are scored against the difference texts of every rank (clipkern.PairwiseDifferenceLoss with
+    rank/world_size; --all-pairs is single-process only and says so)."""
     name = "pcclip"
     data_kind = "diffs"
 
     def build_loss(self):
-        return clipkern.PairwiseDifferenceLoss(all_pairs=self.args.all_pairs, backend=self.args.backend)
+        return clipkern.PairwiseDifferenceLoss(all_pairs=self.args.all_pairs, backend=self.args.backend,
+                                               rank=self.rank, world_size=self.world_size)
 
     def configure_model(self, model):
         super().configure_model(model)

@@ -45,19 +45,26 @@ def _to(batch, device):
 
 def equalise_batch(batch: dict, info, device) -> dict:
     """Cuts every rank's batch to the smallest rank's size. Unreadable images shrink a batch on one rank
-    only, and the gathered losses (local_loss / gather_with_grad) need equal sizes on every rank.
-    Per-sample entries (tensors and lists whose first dimension is the batch size) are truncated;
-    'diffs' batches are left alone (their loss is computed per process, no gather)."""
-    if not info.distributed or "pairs" in batch or not torch.is_tensor(batch.get("image")):
+    only, and the gathered losses (local_loss / gather_with_grad, and every distributed clipkern loss)
+    need equal sizes on every rank. Per-sample entries (tensors and lists whose first dimension is the
+    batch size) are truncated. A 'diffs' batch (PC-CLIP) counts its difference texts: its per-text
+    entries (pairs, text tokens, index) are cut and its images kept (the remaining pairs still index
+    them; the distributed loss gathers texts and difference vectors, one per pair)."""
+    if not info.distributed or not torch.is_tensor(batch.get("image")):
         return batch
-    n = batch["image"].shape[0]
+    key = "pairs" if "pairs" in batch else "image"
+    n = batch[key].shape[0]
     t = torch.tensor([n], dtype=torch.long, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     m = int(t.item())
     if m == n:
         return batch
-    return {k: (v[:m] if (torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == n) or
-                (isinstance(v, list) and len(v) == n) else v) for k, v in batch.items()}
+    per_sample = {k for k, v in batch.items()
+                  if (torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == n) or (isinstance(v, list) and len(v) == n)}
+    if key == "pairs":
+        per_sample.discard("image")  # the images are indexed by pairs, not one per text
+        per_sample.discard("_bad_paths")
+    return {k: (v[:m] if k in per_sample else v) for k, v in batch.items()}
 
 
 def _input_dtype(model) -> torch.dtype:
