@@ -20,14 +20,22 @@ of open_clip's two-call local loss: Σ_r' loss_r' is the same function of all fe
 
 Work per rank, fwd+bwd: 2bBD (forward) + 2bBD (recompute) + 4bBD (GEMMs) = 8bBD MMA FLOPs, 1.33× the
 useful 6bBD (open_clip's local loss computes every logit on two ranks: 2× that). Communication per
-rank: (W−1)·b·D features in (all_gather) and out (reduce-scatter of dY), plus (W−1)·b statistics
-each way twice (all_to_all forward and backward): O(B) besides the features themselves.
+rank: (W−1)·b·D features in (all_gather) and out (reduce-scatter of dY), plus (W−1)·b statistic
+pairs (partial lse, scale moment; the moment only when the scale takes a gradient) each way twice
+(all_to_all forward and backward): O(B) besides the features themselves.
 
-logit_scale attribution. Rank r's logits of column j ∈ J_q enter rank q's text→image CE, so the part
-of ∂loss_q/∂s that comes from rank r's block reaches rank r's copy of s (through the lse op), not
-rank q's. The mean over ranks of the scale gradient (what DDP applies) equals open_clip's; one
-rank's copy differs from open_clip's per-rank value. Splitting it exactly needs the lse op to
-return the scale gradient of its row and column statistics separately (not available today).
+logit_scale attribution (exact per rank). Rank r's logits of column j ∈ J_q enter rank q's
+text→image CE, so open_clip gives their scale gradient to rank q's copy of s. Through the lse op it
+would reach rank r's copy (only the mean over ranks would match). The op therefore also returns the
+column moment e_r[j] = Σ_{i ∈ J_r} softmax_i(S[i, j])·raw[i, j] = ∂part_r[j]/∂s (from the Triton
+forward pass itself; other backends compute it in a chunked torch pass, one more GEMM of the block),
+and with z = s − s.detach() (value 0, derivative 1):
+
+    sent_r[j]   = part_r[j] − z_r·e_r[j]          this rank's scale gets no gradient from its partials
+    recv_q[r,j] = sent_r[j] + z_q·e_r[j]          the owner q's scale gets ∂part_r[j]/∂s, j ∈ J_q
+
+Values are unchanged (z = 0), feature gradients too (e is a constant), and each rank's scale
+gradient is exactly open_clip's per rank. e travels in the same all_to_all as the partials.
 """
 from __future__ import annotations
 
@@ -37,18 +45,42 @@ from .distributed import all_gather_with_grad, all_to_all_with_grad
 from .ops.base import accumulation_dtype
 
 
-def _reference_lse(x, y, scale):
-    """(row lse, column lse) of s·x yᵀ in plain torch (the b×N block is formed: the oracle)."""
+def _reference_lse(x, y, scale, moment: bool):
+    """(row lse, column lse, column moment or None) of s·x yᵀ in plain torch (the b×N block is formed:
+    the oracle)."""
     acc = torch.promote_types(x.dtype, torch.float32)
-    logits = scale.to(acc) * (x.to(acc) @ y.to(acc).T)
-    return logits.logsumexp(dim=1), logits.logsumexp(dim=0)
+    raw = x.to(acc) @ y.to(acc).T
+    logits = scale.to(acc) * raw
+    col_lse = logits.logsumexp(dim=0)
+    e = (torch.exp(logits - col_lse) * raw).sum(dim=0).detach() if moment else None
+    return logits.logsumexp(dim=1), col_lse, e
 
 
-def _fused_lse(x, y, scale, backend):
-    from .ops.contrastive import lse_op
+def column_moment(x, y, scale, col_lse, rows_per_chunk: int | None = None):
+    """e[j] = Σ_i exp(S[i, j] − col_lse[j])·raw[i, j] with S = scale·raw, raw = x yᵀ, one row chunk of
+    the block at a time (O(chunk·N) memory; one GEMM of the block in all). No gradient."""
+    with torch.no_grad():
+        acc = torch.promote_types(x.dtype, torch.float32)
+        s, lse = scale.detach().to(acc), col_lse.detach().to(acc)
+        yt = y.detach().to(acc).T
+        step = rows_per_chunk or max(1, (64 << 20) // (4 * max(1, y.shape[0])))
+        e = torch.zeros(y.shape[0], dtype=acc, device=y.device)
+        for r0 in range(0, x.shape[0], step):
+            raw = x.detach()[r0:r0 + step].to(acc) @ yt
+            e += (torch.exp(s * raw - lse) * raw).sum(dim=0)
+        return e
 
+
+def _fused_lse(x, y, scale, backend, moment: bool):
+    from .ops.contrastive import lse_moment_op, lse_op
+
+    op = lse_moment_op(backend) if moment else None
+    if op is not None:
+        row_max, row_logsum, col_max, col_logsum, e = op(x, y, scale)
+        return row_max + row_logsum, col_max + col_logsum, e
     row_max, row_logsum, col_max, col_logsum = lse_op(backend)(x, y, scale)
-    return row_max + row_logsum, col_max + col_logsum
+    col_lse = col_max + col_logsum
+    return row_max + row_logsum, col_lse, column_moment(x, y, scale, col_lse) if moment else None
 
 
 def op_scale(scale: torch.Tensor, features: torch.Tensor, backend: str) -> torch.Tensor:
@@ -64,12 +96,18 @@ def block_lse(x_local: torch.Tensor, y_all: torch.Tensor, scale: torch.Tensor, w
               backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(row_lse of this rank's rows, global col_lse of this rank's own columns) of S = scale·X Yᵀ, from
     this rank's rows x_local (b×D) against all columns y_all (W·b×D, gathered with autograd)."""
+    route = scale.requires_grad and torch.is_grad_enabled()  # the scale gradient goes to column owners
     if backend == "reference":
-        row_lse, part = _reference_lse(x_local, y_all, scale)
+        row_lse, part, e = _reference_lse(x_local, y_all, scale, route)
     else:
-        row_lse, part = _fused_lse(x_local, y_all, scale, backend)
-    # part[J_q] goes to rank q; this rank receives (W, b): every rank's partial over its own columns
-    partials = all_to_all_with_grad(part).reshape(world_size, -1)
+        row_lse, part, e = _fused_lse(x_local, y_all, scale, backend, route)
+    if not route:
+        # part[J_q] goes to rank q; this rank receives (W, b): every rank's partial over its own columns
+        return row_lse, all_to_all_with_grad(part).reshape(world_size, -1).logsumexp(dim=0)
+    z = scale - scale.detach()
+    e = e.to(part.dtype)
+    recv = all_to_all_with_grad(torch.stack([part - z * e, e], dim=1)).reshape(world_size, -1, 2)
+    partials = recv[..., 0] + z * recv[..., 1].detach()
     return row_lse, partials.logsumexp(dim=0)
 
 

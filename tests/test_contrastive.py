@@ -171,3 +171,50 @@ def test_columns_far_below_the_tile_take_the_exact_path(target, monkeypatch):
     y = torch.nn.functional.normalize(sign * e1 + 0.2 * torch.randn(B, D, generator=g), dim=1)
     inputs = dict(image_features=x, text_features=y, logit_scale=torch.tensor(100.0))
     check_against_reference(CF.clip_loss, inputs, F32, ["image_features", "text_features", "logit_scale"])
+
+
+def _moment_f64(x, y, scale):
+    raw = x.double() @ y.double().T
+    return (torch.softmax(float(scale) * raw, dim=0) * raw).sum(dim=0)
+
+
+@pytest.mark.parametrize("target", ["", "sm90"])
+@pytest.mark.parametrize("case", ["random", "far-columns"])
+def test_column_moment_matches_float64(target, case, monkeypatch):
+    """The lse op with moment (the distributed loss's scale routing) returns e[j] = Σ_i P_c[i, j]·raw[i, j]
+    = ∂col_lse[j]/∂scale from its forward pass: within 2× torch fp32's own error of float64, on odd
+    shapes, several tiles and splits (sm90 blocks), and for columns that take the exact per-element path;
+    the statistics are those of the plain lse op bit for bit."""
+    from clipkern.ops.contrastive import triton_contrastive_lse, triton_contrastive_lse_moment
+
+    monkeypatch.setenv("CLIPKERN_TARGET", target)
+    g = torch.Generator().manual_seed(11)
+    if case == "random":
+        M, N, D, s = 300, 517, 40, 30.0
+        x, y = features(M, D), features(N, D)
+    else:  # half the columns sit ~200 below the tile's row maxima (COL_SUM_FLOOR)
+        M, D, s = 70, 8, 100.0
+        e1 = torch.zeros(D)
+        e1[0] = 1.0
+        sign = torch.where(torch.arange(M) < M // 2, 1.0, -1.0)[:, None]
+        x = torch.nn.functional.normalize(e1 + 0.2 * torch.randn(M, D, generator=g), dim=1)
+        y = torch.nn.functional.normalize(sign * e1 + 0.2 * torch.randn(M, D, generator=g), dim=1)
+    scale = torch.tensor(s)
+    *stats, e = triton_contrastive_lse_moment(x, y, scale)
+    for a, b in zip(stats, triton_contrastive_lse(x, y, scale)):
+        assert torch.equal(a, b)
+    want = _moment_f64(x, y, scale)
+    raw32 = x @ y.T
+    torch_err = ((torch.softmax(s * raw32, dim=0) * raw32).sum(dim=0).double() - want).abs().max().item()
+    err = (e.double() - want).abs().max().item()
+    assert err <= 2 * torch_err + 1e-6, (err, torch_err)
+
+
+def test_column_moment_of_the_torch_pass_matches_float64():
+    """distributed_contrastive.column_moment (the reference and csrc backends' moment): chunked rows."""
+    from clipkern.distributed_contrastive import column_moment
+
+    x, y, scale = features(37, 16).double(), features(53, 16).double(), torch.tensor(20.0, dtype=torch.float64)
+    col_lse = (scale * (x @ y.T)).logsumexp(dim=0)
+    got = column_moment(x, y, scale, col_lse, rows_per_chunk=5)
+    torch.testing.assert_close(got, _moment_f64(x, y, scale), rtol=1e-12, atol=1e-12)

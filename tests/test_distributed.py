@@ -13,16 +13,17 @@ ClipLoss (open_clip semantics; all_gather's backward sums the gathered gradients
 - local_loss=True,  gather_with_grad=True:  mean_r loss_r = L. loss_r depends on rank r's features
   directly (its rows) and on every rank's through the gather (columns), so the gradient that reaches
   rank r's own features is ∂(Σ_r' c·loss_r')/∂x_r = c·W·G[slice r]; DDP's average over W ranks then
-  gives c·dL/dθ. Each rank's logit_scale replica gets c·d loss_r/ds, and mean_r of it = c·dL/ds
-  (what DDP's averaging produces).
+  gives c·dL/dθ. Each rank's logit_scale replica gets c·d loss_r/ds (open_clip's per-rank value), and
+  mean_r of it = c·dL/ds (what DDP's averaging produces).
 - local_loss=False, gather_with_grad=True:  loss_r = L on every rank, and again x_r.grad = c·W·G[slice r]
   (W identical losses, each backpropagating into every slice); s.grad = c·dL/ds on every rank.
 - local_loss=False, gather_with_grad=False: loss_r = L; the other ranks' features are constants, so
   x_r.grad = c·G[slice r] exactly (open_clip's known 1/W gradient scale under DDP); s.grad = c·dL/ds.
 - local_loss=True,  gather_with_grad=False: mean_r loss_r = L; gradients only against open_clip.
-- In every combination: the loss and all gradients equal open_clip's ClipLoss run by the same ranks,
-  except that with local_loss=True, gather_with_grad=True (each logit computed once) only the mean
-  over ranks of d/d logit_scale (and logit_bias) is open_clip's (see clipkern/distributed_contrastive.py).
+- In every combination: the loss and all gradients, d/d logit_scale included, equal open_clip's
+  ClipLoss run by the same ranks per rank; with local_loss=True, gather_with_grad=True (each logit
+  computed once) the scale gradient of a column's partials is routed to the rank that owns the
+  column (see clipkern/distributed_contrastive.py).
 - clipkern's modules print no FutureWarning (the functional collectives are not deprecated).
 SigLipLoss (images stay local, texts travel): mean_r loss_r = L, x_r.grad = c·W·G[slice r] for
 images and texts, mean_r s.grad = c·dL/ds (and the same for the bias), and per rank the loss and the
@@ -75,6 +76,12 @@ def _triton_why_not() -> str | None:
     from clipkern._backend import triton_unavailable_reason
 
     return triton_unavailable_reason(torch.device("cpu"))
+
+
+def _cuda_why_not() -> str | None:
+    from clipkern._backend import cuda_unavailable_reason
+
+    return cuda_unavailable_reason(torch.device("cpu"))
 
 
 # =============================================================================================
@@ -169,14 +176,14 @@ def _check_clip(ctx):
                 f"[rank {ctx.rank}] {what}: FutureWarning: {[str(w.message) for w in caught]}"
             if theirs is not None:
                 theirs_got = _distributed(ctx, theirs, image, text, scale, bias, coef)
-                # each logit once (local_loss and gather_with_grad): a rank's copy of logit_scale gets
-                # the scale gradient of the logits it computed, so only the mean over ranks (what DDP
-                # applies) is open_clip's (clipkern/distributed_contrastive.py)
+                # each logit once (local_loss and gather_with_grad): the column partials' scale gradient
+                # is routed to the column's owner (clipkern/distributed_contrastive.py), so every rank's
+                # d/d logit_scale is open_clip's own, not only the mean over ranks
                 once = local_loss and gwg
-                keys = ("loss", "image", "text") + (() if once else ("scale", "bias"))
+                keys = ("loss", "image", "text", "scale") + (() if once else ("bias",))
                 _compare(ctx, got, theirs_got, f"{what} vs open_clip", keys)
                 if once:
-                    for k in ("scale", "bias"):
+                    for k in ("bias",):
                         if theirs_got[k] is not None:
                             ctx.close(ctx.mean_over_ranks(got[k]), ctx.mean_over_ranks(theirs_got[k]),
                                       f"{what} vs open_clip: mean over ranks of d/d {k}")
@@ -318,6 +325,7 @@ def _launch(tmp_path: Path, world_size: int, backend: str, dtype: str, script: P
     pytest.fail("\n".join(parts), pytrace=False)
 
 
+_CUDA_MARK = pytest.mark.skipif(_cuda_why_not() is not None, reason=f"cuda backend: {_cuda_why_not()}")
 _TRITON_MARK = pytest.mark.skipif(_triton_why_not() is not None, reason=f"triton backend: {_triton_why_not()}")
 
 
@@ -327,6 +335,8 @@ _TRITON_MARK = pytest.mark.skipif(_triton_why_not() is not None, reason=f"triton
     pytest.param(4, "reference", "float64", id="ws4-reference-fp64"),
     pytest.param(2, "triton", "float32", id="ws2-triton-fp32", marks=_TRITON_MARK),
     pytest.param(4, "triton", "float32", id="ws4-triton-fp32", marks=_TRITON_MARK),
+    # the csrc C++ CPU op (auto's choice on a CPU); its column moment comes from the chunked torch pass
+    pytest.param(2, "cuda", "float64", id="ws2-cuda-fp64", marks=_CUDA_MARK),
 ])
 def test_distributed_losses(tmp_path, world_size, backend, dtype):
     _launch(tmp_path, world_size, backend, dtype)

@@ -211,9 +211,10 @@ def test_distributed_benchmark_torchrun(tmp_path):
     b, D = 8, 16
     ours = by[("clipkern", 0)]
     # texts in (all_gather), their gradients out (reduce-scatter), column statistics both ways
-    # fp32: all_gather sends b·D, reduce-scatter half of 2b·D, two all_to_alls half of 2b each;
-    # plus the batch-size check's one int64
-    expected = 4 * (b * D + b * D + 2 * b) + 8
+    # fp32: all_gather sends b·D, reduce-scatter half of 2b·D, two all_to_alls half of 2b × 2 each
+    # (each column's partial lse and its scale moment, which routes d/d logit_scale to the column's
+    # owner); plus the batch-size check's one int64
+    expected = 4 * (b * D + b * D + 2 * 2 * b) + 8
     assert ours["comm_bytes_sent"] == expected, ours["comm_by_op"]
     if ("open_clip", 0) in by:
         assert by[("open_clip", 0)]["loss_value"] == pytest.approx(ours["loss_value"], rel=1e-5)

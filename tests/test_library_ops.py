@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import clipkern
-from clipkern.ops.contrastive import triton_clip_loss, triton_clip_loss_bwd, triton_contrastive_lse
+from clipkern.ops.contrastive import (triton_clip_loss, triton_clip_loss_bwd, triton_contrastive_lse,
+                                      triton_contrastive_lse_moment)
 from clipkern.ops.sigmoid import triton_sigmoid_loss, triton_sigmoid_loss_bwd
 from helpers import assert_compile_matches_eager, features
 
@@ -20,6 +21,7 @@ def _leaf(t):
 def test_opcheck_contrastive(dtype):
     args = (_leaf(features(9, 20, dtype)), _leaf(features(70, 20, dtype)), _leaf(torch.tensor(7.0)))
     torch.library.opcheck(triton_contrastive_lse, args)
+    torch.library.opcheck(triton_contrastive_lse_moment, args)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])

@@ -81,6 +81,17 @@ def test_clip_bound_at_32768():
     assert r["bound"] is not None and r["bound"] >= 0.5, r["bound_detail"]
 
 
+def _lse_moment_step(batch, dim, dtype):
+    from clipkern.ops.contrastive import triton_contrastive_lse_moment
+
+    def step():
+        x = torch.randn(batch, dim, dtype=dtype, requires_grad=True)
+        y = torch.randn(2 * batch, dim, dtype=dtype, requires_grad=True)
+        row_m, row_l, col_m, col_l, _ = triton_contrastive_lse_moment(x, y, torch.tensor(10.0))
+        return (row_m + row_l).sum() + (col_m + col_l).sum()
+    return step
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
 def test_no_spills_and_wgmma(dtype):
@@ -88,6 +99,9 @@ def test_no_spills_and_wgmma(dtype):
     for loss in ("clip", "siglip", "imsep"):
         rec = model.structural_pass(loss, 4096, 768, model.DTYPES[dtype])
         rows += [(loss, key, r) for key, r in model.compile_launches(rec).items()]
+    # the distributed loss's lse op with the column scale moment (its own forward tiles)
+    rec = count.record_step(_lse_moment_step(4096, 768, model.DTYPES[dtype]), model.DTYPES[dtype], stub=True)
+    rows += [("lse_moment", key, r) for key, r in model.compile_launches(rec).items()]
     bad = [(loss, key, r.get("error") or r["spills"]) for loss, key, r in rows if "error" in r or r["spills"]]
     assert not bad, bad
     if dtype != "float32":

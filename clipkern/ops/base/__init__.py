@@ -170,14 +170,15 @@ def _pow2(n: int, lo: int, hi: int) -> int:
 
 
 def tile_config(rows: int, cols: int, width: int, device: torch.device, dtype: torch.dtype = torch.bfloat16,
-                *, dots_per_tile: int = 1) -> TileConfig:
+                *, dots_per_tile: int = 1, col_moment: bool = False) -> TileConfig:
     """Blocks and the forward's (row_splits × col_splits) split.
 
     Each forward program walks a rectangle of tiles; column statistics merge per row split and row
     statistics per column split, so extra memory is (row_splits·cols + col_splits·rows) floats:
     O(B + N). The split fills the GPU in one wave where it can: row_splits·col_splits ≤ the SMs ×
     the CTAs that fit per SM, each program as close to the same work as the block counts allow.
-    `dots_per_tile=2` (IMSep) takes smaller tiles.
+    `dots_per_tile=2` (IMSep) takes smaller tiles; so does `col_moment=True` (the forward that also
+    accumulates the column scale moment for the distributed loss: 128×64 spills there).
     """
     if _CONFIG_DTYPE:
         dtype = _CONFIG_DTYPE[-1]
@@ -190,9 +191,13 @@ def tile_config(rows: int, cols: int, width: int, device: torch.device, dtype: t
     # one warpgroup (4 warps): the forward at 255 registers and 72 KB of shared memory (two CTAs per SM),
     # the dS kernel at 168 (three), so one CTA's softmax runs under another's MMAs (8 warps on 128×128
     # tiles fit one CTA per SM). fp32 (3xTF32, three MMAs per product): 64×64, BLOCK_K = 32.
-    # Two dots per tile (IMSep): 64×64, BLOCK_K = 32 (16 for fp32: 32 spills).
+    # Two dots per tile (IMSep): 64×64, BLOCK_K = 32 (16 for fp32: 32 spills). With the column moment:
+    # 64×64, BLOCK_K = 64 for 16-bit (248 registers, 2 CTAs/SM; 128×64 spills 292 bytes at 4 warps and
+    # needs 8 warps = 1 CTA/SM), the dS kernel's BLOCK_K unchanged.
     wide = dtype == torch.float32
-    if dots_per_tile > 1:
+    if col_moment and not wide:
+        fwd = Blocks(64, 64, 64, 4, 3)
+    elif dots_per_tile > 1:
         fwd = Blocks(64, 64, 16 if wide else 32, 4, 3)
     else:
         fwd = Blocks(64, 64, 32, 4, 3) if wide else Blocks(128, 64, 64, 4, 3)

@@ -85,6 +85,60 @@ def col_stats_from_row_exps(p, m_row, v, scale, mask_m, mask_n):
 
 
 @triton.jit
+def col_stats_with_moment(p, m_row, v, scale, mask_m, mask_n):
+    """`col_stats_from_row_exps` plus the tile's column moment t_w = Σ_i exp(S_ij − t_m)·v_ij (the
+    weights of t_l times the raw product v): after the merges, w / l is the mean of v down the column
+    under the column softmax, ∂(col lse)/∂scale. No extra exp; one product and one column sum."""
+    t = tl.max(tl.where(mask_m, m_row, float("-inf")), axis=0)
+    w = tl.where(mask_m, tl.exp(m_row - t), 0.0)
+    q = p * w[:, None]
+    t_l = tl.sum(q, axis=0)
+    t_m = tl.zeros_like(t_l) + t
+    if tl.min(tl.where(mask_n, t_l, 1.0), axis=0) < COL_SUM_FLOOR:
+        t_m = scaled_max(v, scale, mask_m[:, None], 0)
+        safe = tl.where(t_m == float("-inf"), 0.0, t_m)
+        q = tl.where(mask_m[:, None], tl.exp(tl.fma(v, scale, -safe[None, :])), 0.0)
+        t_l = tl.sum(q, axis=0)
+    return t_m, t_l, tl.sum(q * v, axis=0)
+
+
+@triton.jit
+def col_moment_store_or_merge(col_m_ptr, col_l_ptr, col_w_ptr, t_m, t_l, t_w, offs_n, mask_n, first):
+    """`col_partials_store_or_merge` for (max, sum, moment): the moment rescales like the sum."""
+    if first:
+        tl.store(col_m_ptr + offs_n, t_m, mask=mask_n)
+        tl.store(col_l_ptr + offs_n, t_l, mask=mask_n)
+        tl.store(col_w_ptr + offs_n, t_w, mask=mask_n)
+    else:
+        p_m = tl.load(col_m_ptr + offs_n, mask=mask_n, other=float("-inf"))
+        p_l = tl.load(col_l_ptr + offs_n, mask=mask_n, other=0.0)
+        p_w = tl.load(col_w_ptr + offs_n, mask=mask_n, other=0.0)
+        n_m = tl.maximum(p_m, t_m)
+        n_safe = tl.where(n_m == float("-inf"), 0.0, n_m)
+        a = tl.exp(p_m - n_safe)
+        b = tl.exp(t_m - n_safe)
+        tl.store(col_m_ptr + offs_n, n_m, mask=mask_n)
+        tl.store(col_l_ptr + offs_n, p_l * a + t_l * b, mask=mask_n)
+        tl.store(col_w_ptr + offs_n, p_w * a + t_w * b, mask=mask_n)
+
+
+@triton.jit
+def merge_moment(m_part_ptr, l_part_ptr, w_part_ptr, offs, mask, length, splits, BLOCK: tl.constexpr):
+    """Σ_k w_k·exp(m_k − m) / Σ_k l_k·exp(m_k − m) over `splits` partials: the column moment."""
+    m = tl.full((BLOCK,), float("-inf"), tl.float32)
+    for k in range(splits):
+        m = tl.maximum(m, tl.load(m_part_ptr + k * length + offs, mask=mask, other=float("-inf")))
+    safe = tl.where(m == float("-inf"), 0.0, m)
+    l = tl.zeros((BLOCK,), tl.float32)
+    w = tl.zeros((BLOCK,), tl.float32)
+    for k in range(splits):
+        f = tl.exp(tl.load(m_part_ptr + k * length + offs, mask=mask, other=float("-inf")) - safe)
+        l += tl.load(l_part_ptr + k * length + offs, mask=mask, other=0.0) * f
+        w += tl.load(w_part_ptr + k * length + offs, mask=mask, other=0.0) * f
+    return w / tl.where(mask, l, 1.0)
+
+
+@triton.jit
 def col_partials_store_or_merge(col_m_ptr, col_l_ptr, t_m, t_l, offs_n, mask_n, first):
     """Store a tile's column statistics (t_m, t_l) on the first visit, or merge them into the partials
     that this program owns (online-softmax merge; no initialisation, no atomics)."""

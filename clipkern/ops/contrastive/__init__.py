@@ -67,6 +67,37 @@ triton_contrastive_lse.register_autograd(lse_backward(triton_contrastive_lse_bwd
 register_no_double_backward(triton_contrastive_lse_bwd, "contrastive statistics", "triton")
 
 
+@torch.library.custom_op("clipkern::triton_contrastive_lse_moment", mutates_args=())
+def triton_contrastive_lse_moment(x: Tensor, y: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor,
+                                                                                Tensor]:
+    """`triton_contrastive_lse` plus the column moment e[j] = Σ_i P_c[i, j]·(x yᵀ)[i, j], the derivative
+    of col_lse[j] by the scale (non-differentiable output), from the same pass. The distributed loss
+    routes each column's scale gradient to the rank that owns the column with it."""
+    from .triton_launchers import contrastive_fwd_moment
+
+    return contrastive_fwd_moment(x, y, scale)
+
+
+@triton_contrastive_lse_moment.register_fake
+def _(x, y, scale):
+    rows, cols = x.shape[0], y.shape[0]
+    return tuple(x.new_empty(n, dtype=torch.float32) for n in (rows, rows, cols, cols, cols))
+
+
+def _lse_moment_setup_context(ctx, inputs, output):
+    x, y, scale = inputs
+    row_max, _, col_max, _, moment = output
+    ctx.mark_non_differentiable(row_max, col_max, moment)
+    ctx.save_for_backward(x, y, scale, *output[:4])
+
+
+def _lse_moment_backward(ctx, g_row_max, g_row, g_col_max, g_col, _g_moment):
+    return lse_backward(triton_contrastive_lse_bwd)(ctx, g_row_max, g_row, g_col_max, g_col)
+
+
+triton_contrastive_lse_moment.register_autograd(_lse_moment_backward, setup_context=_lse_moment_setup_context)
+
+
 @torch.library.custom_op("clipkern::triton_clip_loss", mutates_args=())
 def triton_clip_loss(x: Tensor, y: Tensor, scale: Tensor, labels: Optional[Tensor],
                      symmetric: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -121,6 +152,12 @@ def _loss_backward(ctx, g, *_unused):
 
 triton_clip_loss.register_autograd(_loss_backward, setup_context=_loss_setup_context)
 register_no_double_backward(triton_clip_loss_bwd, "contrastive loss", "triton")
+
+
+def lse_moment_op(backend: str):
+    """(row_max, row_logsum, col_max, col_logsum, col_moment) of a backend: the Triton kernel computes
+    the moment in its forward pass; other backends get None (the caller computes it in torch)."""
+    return triton_contrastive_lse_moment if backend == "triton" else None
 
 
 def lse_op(backend: str):

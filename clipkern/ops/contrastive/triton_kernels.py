@@ -19,6 +19,9 @@ Forward (`_contrastive_fwd_kernel`), one pass over the tiles gives both statisti
     compiles the column statistics out. The (row_splits × col_splits) grid splits both axes; a program
     keeps running row statistics in registers and owns the column partials of its row split (the first
     visit stores, later visits merge: no initialisation, no atomics, deterministic).
+    MOMENT=True (the lse op with moment, used by the distributed loss) also accumulates per column
+    w_c[j] = Σ_i exp(S[i, j] − m_c[j])·raw[i, j] alongside l_c (same weights, no extra exp); the finish
+    kernel writes e[j] = w_c / l_c = Σ_i P_c[i, j]·raw[i, j] = ∂(m_c + log l_c)[j]/∂scale.
     `_contrastive_finish_kernel` merges the split partials into (m, log l) per row and column and
     writes one partial loss per program (the launcher sums them):
         loss = w_r Σ_i (m_r − S[i,y_i] + log l_r)[i] + w_c Σ_j cnt_j (m_c + log l_c)[j] − w_c Σ_i S[i,y_i]
@@ -37,16 +40,18 @@ cuBLAS GEMMs (4·M·N·D FLOPs; ops/base.chunked_input_grads). Workspace offsets
 import triton
 import triton.language as tl
 
-from ..base.triton_tiles import (col_partials_store_or_merge, col_stats_from_row_exps,
-                                 ds_tile, merge_splits, scaled_max, split_ranges, store_ds_tile, tile_dot)
+from ..base.triton_tiles import (col_moment_store_or_merge, col_partials_store_or_merge, col_stats_from_row_exps,
+                                 col_stats_with_moment, ds_tile, merge_moment, merge_splits, scaled_max,
+                                 split_ranges, store_ds_tile, tile_dot)
 
 
 @triton.jit
 def _contrastive_fwd_kernel(
     x_ptr, y_ptr, scale_ptr, labels_ptr, pos_ptr, row_m_part_ptr, row_l_part_ptr, col_m_part_ptr, col_l_part_ptr,
-    M, N, D, stride_x, stride_y, row_blocks_per_split, col_blocks_per_split,
+    col_w_part_ptr, M, N, D, stride_x, stride_y, row_blocks_per_split, col_blocks_per_split,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     INTERPRETED: tl.constexpr, PRECISION: tl.constexpr, COLS: tl.constexpr, HAS_LABELS: tl.constexpr,
+    MOMENT: tl.constexpr = False,
 ):
     pid_r = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -72,7 +77,11 @@ def _contrastive_fwd_kernel(
             p = tl.exp(tl.fma(raw, scale, -m_new[:, None]))
             l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.where(mask_n[None, :], p, 0.0), axis=1)
             m_i = m_new
-            if COLS:  # from the row exps p: one exp per logit in the forward (see col_stats_from_row_exps)
+            if COLS and MOMENT:  # also Σ_i exp(S − m_c)·raw per column (the distributed scale routing)
+                t_m, t_l, t_w = col_stats_with_moment(p, m_new, raw, scale, mask_m, mask_n)
+                col_moment_store_or_merge(col_m_part_ptr + pid_r * N, col_l_part_ptr + pid_r * N,
+                                          col_w_part_ptr + pid_r * N, t_m, t_l, t_w, offs_n, mask_n, rb == rb_start)
+            elif COLS:  # from the row exps p: one exp per logit in the forward (see col_stats_from_row_exps)
                 t_m, t_l = col_stats_from_row_exps(p, m_new, raw, scale, mask_m, mask_n)
                 col_partials_store_or_merge(col_m_part_ptr + pid_r * N, col_l_part_ptr + pid_r * N, t_m, t_l,
                                             offs_n, mask_n, rb == rb_start)
@@ -87,10 +96,10 @@ def _contrastive_fwd_kernel(
 @triton.jit
 def _contrastive_finish_kernel(
     row_m_part_ptr, row_l_part_ptr, col_m_part_ptr, col_l_part_ptr, pos_ptr, count_ptr,
-    row_m_ptr, row_logl_ptr, col_m_ptr, col_logl_ptr, loss_part_ptr,
+    row_m_ptr, row_logl_ptr, col_m_ptr, col_logl_ptr, loss_part_ptr, col_w_part_ptr, col_moment_ptr,
     M, N, row_splits, col_splits, w_row, w_col,
     BLOCK: tl.constexpr,
-    COLS: tl.constexpr, HAS_LABELS: tl.constexpr,
+    COLS: tl.constexpr, HAS_LABELS: tl.constexpr, MOMENT: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
@@ -105,6 +114,9 @@ def _contrastive_finish_kernel(
         m_c, logl_c = merge_splits(col_m_part_ptr, col_l_part_ptr, offs, cols, N, row_splits, BLOCK)
         tl.store(col_m_ptr + offs, m_c, mask=cols)
         tl.store(col_logl_ptr + offs, logl_c, mask=cols)
+        if MOMENT:
+            tl.store(col_moment_ptr + offs, merge_moment(col_m_part_ptr, col_l_part_ptr, col_w_part_ptr, offs,
+                                                         cols, N, row_splits, BLOCK), mask=cols)
         if HAS_LABELS:
             cnt = tl.load(count_ptr + offs, mask=cols, other=0).to(tl.float32)
             col_term = cnt * tl.where(cnt > 0, m_c + logl_c, 0.0)
