@@ -57,3 +57,15 @@ def test_claim_rows_compare_each_paper_with_the_control(tmp_path):
 def test_claims_without_scratch_runs_have_no_sharedclip_rows():
     results = {r: [_metrics(), _metrics()] for r in R.RECIPES}
     assert not [r for r in R.claims(results, _metrics()) if r[1].startswith("SharedCLIP")]
+
+
+def test_a_run_that_did_not_learn_makes_its_claims_not_measurable():
+    """A collapsed model (every feature one point: zero-shot at chance, alignment 1.0, gap ~0) 'wins'
+    the alignment and gap claims by its interval; the verdict must say it did not learn instead."""
+    results = {r: [_metrics(), _metrics(), _metrics()] for r in (*R.RECIPES, *R.SCRATCH)}
+    results["shared-alignclip"] = [_metrics(zs_top1=z, alignment=1.0, modality_gap=0.01) for z in (0.034, 0.2, 0.3)]
+    rows = {c: v for _, c, _, _, _, v in R.claims(results, _metrics())}
+    shared = [v for c, v in rows.items() if c.startswith("SharedCLIP")]
+    assert shared and all(v == "not measurable: did not learn (shared-alignclip in 1 of 3 seeds)" for v in shared)
+    assert rows["IMSep raises the alignment score"] == "no clear effect"   # other rows keep their verdict
+    assert R.did_not_learn([_metrics(zs_top1=float("nan"))]) == 1
