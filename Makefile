@@ -29,7 +29,7 @@ demo: $(STAMP)
 		TRITON_INTERPRET=1 $(PY) -m training.demo; else $(PY) -m training.demo; fi
 
 # Every recipe over 5 seeds from one base checkpoint, with 95 % intervals; writes training/RESULTS.md
-# (estimated 35–45 min on 2 idle CPU cores; not yet timed at full size).
+# (22 min measured on a 2-core CPU machine, --threads 1 per run, one run at a time).
 reproduce: $(STAMP)
 	$(PY) -m training.reproduce
 
