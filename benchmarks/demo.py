@@ -140,7 +140,9 @@ def main() -> int:
     if any(r[2].endswith("*") for r in rows):
         print(f"* {C.INTERPRETED_NOTE}; the Δ columns are what these rows are for.")
     if device.type == "cpu":
-        print("peak memory is measured on CUDA only. On a CPU clipkern's auto backend is its plain-torch reference.")
+        print("peak memory is measured on CUDA only (CPU memory beside open_clip: python -m benchmarks.run "
+              "--cpu-compare). On a CPU clipkern's auto backend runs the extension's C++ op where the family "
+              "has one (CLIP, SigLIP), else the plain-torch reference.")
         if not C.interpreter_enabled():
             print("To run the fused Triton kernels on this CPU (interpreted: slow, time meaningless): "
                   "TRITON_INTERPRET=1 python -m benchmarks.demo")
