@@ -40,59 +40,21 @@ import torch
 
 from . import bound as bd
 from . import compile as cc
-from . import count, workloads
+from . import workloads
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CUDA_DIR = os.path.join(ROOT, "csrc", "cuda")
-PLAN_HEADER = os.path.join(CUDA_DIR, "hopper_plan.h")
+from .cuda_plan import (CUDA_DIR, PLAN_HEADER, ROOT, cdiv, env_budget_mb, forward_plan,  # noqa: F401
+                        plan_constants, workspace_rows)
+from .cuda_torch_ops import api_torch_ops, extension_torch_ops, loss_op_torch_ops  # noqa: F401
 SOURCES = ("hopper_contrastive.cu", "hopper_mainloop.cuh", "hopper_plan.h", "hopper_contrastive.h", "common.cuh")
 KERNELS = {"fwd": "contrastive_fwd_sm90_kernel", "ds": "contrastive_ds_sm90_kernel", "merge": "lse_split_merge_kernel"}
 WARPS = 4
-
-
-def plan_constants() -> dict:
-    """{name: value} of the `constexpr int kName = value;` lines of hopper_plan.h."""
-    with open(PLAN_HEADER) as f:
-        return {name: int(v) for name, v in re.findall(r"constexpr int (k\w+) = (\d+);", f.read())}
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def forward_plan(M: int, N: int, sms: int = bd.SMS) -> dict:
-    """clipkern_hopper::forward_plan."""
-    k = plan_constants()
-    row_blocks, col_blocks = _cdiv(M, k["kTileRows"]), _cdiv(N, k["kTileCols"])
-    slots = k["kFwdCtasPerSm"] * max(1, sms)
-    rs = min(row_blocks, k["kMaxSplits"], slots)
-    cs = max(1, min(col_blocks, slots // rs, k["kMaxSplits"]))
-    rb_per, cb_per = _cdiv(row_blocks, rs), _cdiv(col_blocks, cs)
-    return dict(row_blocks=row_blocks, col_blocks=col_blocks, row_splits=_cdiv(row_blocks, rb_per),
-                col_splits=_cdiv(col_blocks, cb_per), rb_per_split=rb_per, cb_per_split=cb_per)
-
-
-def workspace_rows(M: int, N: int, D: int, elem_bytes: int, budget_mb: float = 0.0) -> int:
-    """clipkern_hopper::workspace_rows (budget_mb > 0: CLIPKERN_WORKSPACE_MB)."""
-    tile = plan_constants()["kTileRows"]
-    if budget_mb > 0:
-        budget = int(budget_mb * 1048576.0)
-    else:
-        budget = min(1024 << 20, max(64 << 20, 4 * (M + N) * D * elem_bytes))
-    fit = budget // max(1, N * elem_bytes)
-    return min(M, max(tile, fit // tile * tile))
-
-
-def _env_budget_mb() -> float:
-    raw = os.environ.get("CLIPKERN_WORKSPACE_MB", "").strip()
-    return float(raw) if raw else 0.0
 
 
 def kernel_groups(M: int, N: int, D: int, elem_bytes: int) -> list[dict]:
     """One group per kernel (all its launches) in bound.kernel_time's terms, counted from the plan."""
     k = plan_constants()
     BM, BN, BK = k["kTileRows"], k["kTileCols"], k["kTileK"]
-    k_steps = _cdiv(D, BK)
+    k_steps = cdiv(D, BK)
     step_flops = 2 * BM * BN * BK
     p = forward_plan(M, N)
     tiles = p["row_blocks"] * p["col_blocks"]
@@ -106,109 +68,22 @@ def kernel_groups(M: int, N: int, D: int, elem_bytes: int) -> list[dict]:
                footprint_bytes=feat + part + 4, sixteen_bit=True, precision="", tiles=tiles)
     merges = []
     for count_, splits in ((M, p["col_splits"]), (N, p["row_splits"])):
-        merges.append(dict(exps=count_ * 2 * splits, logs=count_, programs=_cdiv(count_, 256),
+        merges.append(dict(exps=count_ * 2 * splits, logs=count_, programs=cdiv(count_, 256),
                            bytes=4 * count_ * (2 * splits + 2)))
     merge = dict(name=KERNELS["merge"], phase="fwd", dot_flops=0, exps_logs=sum(m["exps"] + m["logs"] for m in merges),
                  dot_shapes={}, launches=2, programs=max(m["programs"] for m in merges),
                  footprint_bytes=sum(m["bytes"] for m in merges), sixteen_bit=True, precision="")
-    chunk = workspace_rows(M, N, D, elem_bytes, _env_budget_mb())
+    chunk = workspace_rows(M, N, D, elem_bytes, env_budget_mb())
     chunks = [min(chunk, M - r0) for r0 in range(0, M, chunk)]
-    col_tiles = _cdiv(N, BN)
-    ds_tiles = sum(_cdiv(rows, BM) * col_tiles for rows in chunks)
-    stats = 4 * (3 * M + 3 * N) + 4 * _cdiv(M, BM) * col_tiles
+    col_tiles = cdiv(N, BN)
+    ds_tiles = sum(cdiv(rows, BM) * col_tiles for rows in chunks)
+    stats = 4 * (3 * M + 3 * N) + 4 * cdiv(M, BM) * col_tiles
     ds = dict(name=KERNELS["ds"], phase="bwd", dot_flops=ds_tiles * k_steps * step_flops,
               exps_logs=ds_tiles * (BM * BN + BM + BN), dot_shapes={(1, BM, BN, BK): ds_tiles * k_steps},
-              launches=len(chunks), programs=max(_cdiv(rows, BM) * col_tiles for rows in chunks),
+              launches=len(chunks), programs=max(cdiv(rows, BM) * col_tiles for rows in chunks),
               footprint_bytes=sum(feat + rows * N * elem_bytes + stats for rows in chunks), sixteen_bit=True,
               precision="", tiles=ds_tiles)
     return [fwd, merge, ds]
-
-
-def extension_torch_ops(M: int, N: int, D: int, dtype: torch.dtype) -> list:
-    """The torch ops the csrc contrastive_bwd issues around its dS kernel (kernels.cu, hopper_dispatch.cuh),
-    called with pos_grad as the loss op pair calls it for labels None."""
-    e = torch.tensor([], dtype=dtype).element_size()
-    name = str(dtype)
-    chunk = workspace_rows(M, N, D, e, _env_budget_mb())
-    ops, first = [count.TorchOp("mul", "op", "bwd", 0, 12, "torch.float32")], True  # s·pos_grad (kernels.cu)
-    for r0 in range(0, M, chunk):
-        rows = min(chunk, M - r0)
-        # the positives: s·pos_grad added to the chunk's diagonal of the workspace (hopper_dispatch.cuh)
-        ops.append(count.TorchOp("add_", "op", "bwd", 0, 2 * e * min(rows, N - r0), name))
-        ops.append(count.TorchOp("mm", "gemm", "bwd", 2 * rows * N * D, e * (rows * N + N * D + rows * D), name))
-        if chunk >= M:
-            ops.append(count.TorchOp("mm", "gemm", "bwd", 2 * rows * N * D, e * (rows * N + M * D + N * D), name))
-        else:  # fp32 accumulation of dY across chunks (the first writes it, the others read and write it)
-            acc = 4 * N * D * (1 if first else 2)
-            ops.append(count.TorchOp("mm" if first else "addmm", "gemm", "bwd", 2 * rows * N * D,
-                                     e * (rows * N + rows * D) + acc, name))
-        first = False
-    if chunk < M:
-        ops.append(count.TorchOp("_to_copy", "op", "bwd", 0, (4 + e) * N * D, name))
-    tiles = _cdiv(M, plan_constants()["kTileRows"]) * _cdiv(N, plan_constants()["kTileCols"])
-    ops.append(count.TorchOp("sum", "op", "bwd", 0, 4 * tiles + 4, "torch.float32"))
-    return ops
-
-
-def loss_op_torch_ops(M: int, N: int, D: int, dtype: torch.dtype) -> list:
-    """The ATen ops of the csrc loss op pair around contrastive_fwd / contrastive_bwd, exactly as
-    csrc/composite/contrastive_loss.cpp issues them for 16-bit CUDA features, labels None, symmetric,
-    M == N (the ClipLoss default): the positives (one batched GEMM with an fp32 result and its sum), the
-    loss (one stack + sum of the statistics, one fused multiply-add), the backward's weights, and the
-    positives' scale term. The positives' feature gradient is folded into the dS workspace
-    (extension_torch_ops), so no op here passes over the features except the forward's GEMM."""
-    e = torch.tensor([], dtype=dtype).element_size()
-    f = "torch.float32"
-    tiny = lambda op, phase, n=1: count.TorchOp(op, "op", phase, 0, 4 * n, f)  # noqa: E731
-    fwd = [count.TorchOp("bmm", "gemm", "fwd", 2 * M * D, e * 2 * M * D + 4 * M, f), tiny("sum", "fwd", M),
-           count.TorchOp("stack", "op", "fwd", 0, 4 * 2 * (2 * M + 2 * M), f), tiny("sum", "fwd", 4 * M),
-           tiny("mul", "fwd"), tiny("addcmul", "fwd")]
-    bwd = [tiny("mul", "bwd"), tiny("clone", "bwd", 2 * M), tiny("mul", "bwd"), tiny("addcmul", "bwd")]
-    return fwd + bwd
-
-
-# ---------------------------------------------------------------- the public API's ops around the csrc op
-class _ApiOps(torch.utils._python_dispatch.TorchDispatchMode):
-    """Records aten ops like count._TorchCounter; the csrc ops (namespace clipkern) are the kernels
-    counted above, so they run (on fake tensors: their register_fake) without being recorded."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops, self.phase, self.custom = [], "fwd", []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func.namespace == "clipkern":
-            self.custom.append(f"{self.phase}:{func.name()}")
-            return func(*args, **kwargs)
-        kind = count.classify(func, args)
-        flops = count.gemm_flops(func.overloadpacket.__name__, args)[0] if kind == "gemm" else 0
-        out = func(*args, **kwargs)
-        leaves = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
-        if kind == "op" and not leaves:
-            kind = "free"
-        if kind != "free":
-            self.ops.append(count.TorchOp(func.overloadpacket.__name__, kind, self.phase, flops,
-                                          count._tensor_bytes(args, kwargs, out), str(leaves[0].dtype) if leaves else ""))
-        return out
-
-
-def api_torch_ops(M: int, N: int, D: int, dtype: torch.dtype) -> tuple[list, list]:
-    """(torch ops, csrc ops called) of one clip_loss(backend="cuda") forward + backward at full size,
-    on fake tensors (no data, no compute). Needs the extension (its ops' schemas and fake kernels)."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    import clipkern.functional as F
-
-    with FakeTensorMode():
-        a = torch.empty(M, D, dtype=dtype).requires_grad_(True)
-        c = torch.empty(N, D, dtype=dtype).requires_grad_(True)
-        scale = torch.empty((), dtype=torch.float32).requires_grad_(True)
-        with _ApiOps() as rec:
-            loss = F.clip_loss(a, c, scale, backend="cuda")
-            rec.phase = "bwd"
-            loss.backward()
-    return rec.ops, rec.custom
 
 
 # ---------------------------------------------------------------- binary facts (sm_90a)
