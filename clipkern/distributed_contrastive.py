@@ -52,8 +52,13 @@ def _reference_lse(x, y, scale, moment: bool):
     raw = x.to(acc) @ y.to(acc).T
     logits = scale.to(acc) * raw
     col_lse = logits.logsumexp(dim=0)
-    e = (torch.exp(logits - col_lse) * raw).sum(dim=0).detach() if moment else None
+    e = _moment(raw.detach(), scale.detach().to(acc), col_lse.detach()) if moment else None
     return logits.logsumexp(dim=1), col_lse, e
+
+
+def _moment(raw, s, col_lse):
+    """Σ_i exp(s·raw[i, j] − col_lse[j])·raw[i, j] over the rows of a block of raw."""
+    return (torch.exp(s * raw - col_lse) * raw).sum(dim=0)
 
 
 def column_moment(x, y, scale, col_lse, rows_per_chunk: int | None = None):
@@ -67,7 +72,7 @@ def column_moment(x, y, scale, col_lse, rows_per_chunk: int | None = None):
         e = torch.zeros(y.shape[0], dtype=acc, device=y.device)
         for r0 in range(0, x.shape[0], step):
             raw = x.detach()[r0:r0 + step].to(acc) @ yt
-            e += (torch.exp(s * raw - lse) * raw).sum(dim=0)
+            e += _moment(raw, s, lse)
         return e
 
 

@@ -111,10 +111,7 @@ class AlignClipRecipe(Recipe):
         self.semantic = semantic
 
     def build_loss(self):
-        kw = self.clip_kwargs()
-        return clipkern.AlignClipLoss(cache_labels=True, rank=kw["rank"], world_size=kw["world_size"],
-                                      local_loss=kw["local_loss"], gather_with_grad=kw["gather_with_grad"],
-                                      backend=kw["backend"])
+        return clipkern.AlignClipLoss(**self.clip_kwargs())
 
     def prepare(self, batch, device):
         if self.semantic is None:

@@ -42,9 +42,8 @@ from . import bound as bd
 from . import compile as cc
 from . import workloads
 
-from .cuda_plan import (CUDA_DIR, PLAN_HEADER, ROOT, cdiv, env_budget_mb, forward_plan,  # noqa: F401
-                        plan_constants, workspace_rows)
-from .cuda_torch_ops import api_torch_ops, extension_torch_ops, loss_op_torch_ops  # noqa: F401
+from .cuda_plan import CUDA_DIR, ROOT, cdiv, env_budget_mb, forward_plan, plan_constants, workspace_rows
+from .cuda_torch_ops import api_torch_ops, extension_torch_ops, loss_op_torch_ops
 SOURCES = ("hopper_contrastive.cu", "hopper_mainloop.cuh", "hopper_plan.h", "hopper_contrastive.h", "common.cuh")
 KERNELS = {"fwd": "contrastive_fwd_sm90_kernel", "ds": "contrastive_ds_sm90_kernel", "merge": "lse_split_merge_kernel"}
 WARPS = 4

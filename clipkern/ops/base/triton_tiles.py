@@ -60,35 +60,13 @@ COL_SUM_FLOOR = tl.constexpr(4.2e-18)
 
 
 @triton.jit
-def col_stats_exact(v, scale, mask_m):
-    """Column (max of scale·v, Σ exp(fma(v, scale, −max))) over a tile's valid rows: one exp per element."""
-    t_m = scaled_max(v, scale, mask_m[:, None], 0)
-    safe = tl.where(t_m == float("-inf"), 0.0, t_m)
-    t_l = tl.sum(tl.where(mask_m[:, None], tl.exp(tl.fma(v, scale, -safe[None, :])), 0.0), axis=0)
-    return t_m, t_l
-
-
-@triton.jit
-def col_stats_from_row_exps(p, m_row, v, scale, mask_m, mask_n):
-    """Column statistics of a tile from the row-referenced exponentials p = exp(fma(v, scale, −m_row))
-    that the row statistics already computed: with t = max over valid rows of m_row and
-    w_i = exp(m_row[i] − t) ≤ 1, Σ_i exp(S_ij − t) = Σ_i p_ij·w_i, so one column reference t per tile
-    and BLOCK_M exps replace BLOCK_M × BLOCK_N. If any valid column's sum falls below COL_SUM_FLOOR
-    (its entries all far below t), the tile takes `col_stats_exact` instead."""
-    t = tl.max(tl.where(mask_m, m_row, float("-inf")), axis=0)
-    w = tl.where(mask_m, tl.exp(m_row - t), 0.0)
-    t_l = tl.sum(p * w[:, None], axis=0)
-    t_m = tl.zeros_like(t_l) + t
-    if tl.min(tl.where(mask_n, t_l, 1.0), axis=0) < COL_SUM_FLOOR:
-        t_m, t_l = col_stats_exact(v, scale, mask_m)
-    return t_m, t_l
-
-
-@triton.jit
-def col_stats_with_moment(p, m_row, v, scale, mask_m, mask_n):
-    """`col_stats_from_row_exps` plus the tile's column moment t_w = Σ_i exp(S_ij − t_m)·v_ij (the
-    weights of t_l times the raw product v): after the merges, w / l is the mean of v down the column
-    under the column softmax, ∂(col lse)/∂scale. No extra exp; one product and one column sum."""
+def col_weights_from_row_exps(p, m_row, v, scale, mask_m, mask_n):
+    """A tile's column statistics from the row-referenced exponentials p = exp(fma(v, scale, −m_row))
+    that the row statistics already computed, and the weights behind them: (t_m, t_l, q) with
+    q_ij = exp(S_ij − t_m[j]) over valid rows and t_l = Σ_i q_ij. With t = max over valid rows of
+    m_row and w_i = exp(m_row[i] − t) ≤ 1, q = p·w and t_m = t: one column reference t per tile, and
+    BLOCK_M exps replace BLOCK_M × BLOCK_N. If any valid column's sum falls below COL_SUM_FLOOR (its
+    entries all far below t), the tile takes one exp per element of each column's own max instead."""
     t = tl.max(tl.where(mask_m, m_row, float("-inf")), axis=0)
     w = tl.where(mask_m, tl.exp(m_row - t), 0.0)
     q = p * w[:, None]
@@ -99,7 +77,32 @@ def col_stats_with_moment(p, m_row, v, scale, mask_m, mask_n):
         safe = tl.where(t_m == float("-inf"), 0.0, t_m)
         q = tl.where(mask_m[:, None], tl.exp(tl.fma(v, scale, -safe[None, :])), 0.0)
         t_l = tl.sum(q, axis=0)
+    return t_m, t_l, q
+
+
+@triton.jit
+def col_stats_from_row_exps(p, m_row, v, scale, mask_m, mask_n):
+    """(t_m, t_l) of `col_weights_from_row_exps`: one exp per logit in the forward."""
+    t_m, t_l, _ = col_weights_from_row_exps(p, m_row, v, scale, mask_m, mask_n)
+    return t_m, t_l
+
+
+@triton.jit
+def col_stats_with_moment(p, m_row, v, scale, mask_m, mask_n):
+    """`col_stats_from_row_exps` plus the tile's column moment t_w = Σ_i q_ij·v_ij (the weights of t_l
+    times the raw product v): after the merges, w / l is the mean of v down the column under the
+    column softmax, ∂(col lse)/∂scale. No extra exp; one product and one column sum."""
+    t_m, t_l, q = col_weights_from_row_exps(p, m_row, v, scale, mask_m, mask_n)
     return t_m, t_l, tl.sum(q * v, axis=0)
+
+
+@triton.jit
+def online_merge_factors(p_m, t_m):
+    """(n_m, a, b) to merge two online-softmax partials with maxima p_m and t_m: n_m = max(p_m, t_m),
+    and their sums (and anything weighted like them) merge as a·p + b·t."""
+    n_m = tl.maximum(p_m, t_m)
+    n_safe = tl.where(n_m == float("-inf"), 0.0, n_m)
+    return n_m, tl.exp(p_m - n_safe), tl.exp(t_m - n_safe)
 
 
 @triton.jit
@@ -113,21 +116,16 @@ def col_moment_store_or_merge(col_m_ptr, col_l_ptr, col_w_ptr, t_m, t_l, t_w, of
         p_m = tl.load(col_m_ptr + offs_n, mask=mask_n, other=float("-inf"))
         p_l = tl.load(col_l_ptr + offs_n, mask=mask_n, other=0.0)
         p_w = tl.load(col_w_ptr + offs_n, mask=mask_n, other=0.0)
-        n_m = tl.maximum(p_m, t_m)
-        n_safe = tl.where(n_m == float("-inf"), 0.0, n_m)
-        a = tl.exp(p_m - n_safe)
-        b = tl.exp(t_m - n_safe)
+        n_m, a, b = online_merge_factors(p_m, t_m)
         tl.store(col_m_ptr + offs_n, n_m, mask=mask_n)
         tl.store(col_l_ptr + offs_n, p_l * a + t_l * b, mask=mask_n)
         tl.store(col_w_ptr + offs_n, p_w * a + t_w * b, mask=mask_n)
 
 
 @triton.jit
-def merge_moment(m_part_ptr, l_part_ptr, w_part_ptr, offs, mask, length, splits, BLOCK: tl.constexpr):
-    """Σ_k w_k·exp(m_k − m) / Σ_k l_k·exp(m_k − m) over `splits` partials: the column moment."""
-    m = tl.full((BLOCK,), float("-inf"), tl.float32)
-    for k in range(splits):
-        m = tl.maximum(m, tl.load(m_part_ptr + k * length + offs, mask=mask, other=float("-inf")))
+def merge_moment(m_part_ptr, l_part_ptr, w_part_ptr, m, offs, mask, length, splits, BLOCK: tl.constexpr):
+    """Σ_k w_k·exp(m_k − m) / Σ_k l_k·exp(m_k − m) over `splits` partials, m their max (the one
+    `merge_splits` returns): the column moment."""
     safe = tl.where(m == float("-inf"), 0.0, m)
     l = tl.zeros((BLOCK,), tl.float32)
     w = tl.zeros((BLOCK,), tl.float32)
@@ -148,10 +146,9 @@ def col_partials_store_or_merge(col_m_ptr, col_l_ptr, t_m, t_l, offs_n, mask_n, 
     else:
         p_m = tl.load(col_m_ptr + offs_n, mask=mask_n, other=float("-inf"))
         p_l = tl.load(col_l_ptr + offs_n, mask=mask_n, other=0.0)
-        n_m = tl.maximum(p_m, t_m)
-        n_safe = tl.where(n_m == float("-inf"), 0.0, n_m)
+        n_m, a, b = online_merge_factors(p_m, t_m)
         tl.store(col_m_ptr + offs_n, n_m, mask=mask_n)
-        tl.store(col_l_ptr + offs_n, p_l * tl.exp(p_m - n_safe) + t_l * tl.exp(t_m - n_safe), mask=mask_n)
+        tl.store(col_l_ptr + offs_n, p_l * a + t_l * b, mask=mask_n)
 
 
 @triton.jit

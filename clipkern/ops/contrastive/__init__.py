@@ -46,15 +46,17 @@ def _(x, y, scale, row_max, row_logsum, col_max, col_logsum, g_row, g_col):
 
 
 def lse_setup_context(ctx, inputs, output):
+    """For an lse op's (row_max, row_logsum, col_max, col_logsum[, col_moment]): only the logsums are
+    differentiable (the moment, where there is one, is a constant)."""
     x, y, scale = inputs
-    row_max, _, col_max, _ = output
-    ctx.mark_non_differentiable(row_max, col_max)
-    ctx.save_for_backward(x, y, scale, *output)
+    row_max, _, col_max, _, *extra = output
+    ctx.mark_non_differentiable(row_max, col_max, *extra)
+    ctx.save_for_backward(x, y, scale, *output[:4])
 
 
 def lse_backward(bwd_op):
     """The autograd backward of an lse op (Triton's here, the csrc one in extension_ops.py) over its bwd op."""
-    def backward(ctx, _g_row_max, g_row, _g_col_max, g_col):
+    def backward(ctx, _g_row_max, g_row, _g_col_max, g_col, *_g_extra):
         x, y, scale, row_max, row_logsum, col_max, col_logsum = ctx.saved_tensors
         g_row = torch.zeros_like(row_logsum) if g_row is None else g_row
         g_col = torch.zeros_like(col_logsum) if g_col is None else g_col
@@ -63,7 +65,8 @@ def lse_backward(bwd_op):
     return backward
 
 
-triton_contrastive_lse.register_autograd(lse_backward(triton_contrastive_lse_bwd), setup_context=lse_setup_context)
+_triton_lse_backward = lse_backward(triton_contrastive_lse_bwd)
+triton_contrastive_lse.register_autograd(_triton_lse_backward, setup_context=lse_setup_context)
 register_no_double_backward(triton_contrastive_lse_bwd, "contrastive statistics", "triton")
 
 
@@ -84,18 +87,7 @@ def _(x, y, scale):
     return tuple(x.new_empty(n, dtype=torch.float32) for n in (rows, rows, cols, cols, cols))
 
 
-def _lse_moment_setup_context(ctx, inputs, output):
-    x, y, scale = inputs
-    row_max, _, col_max, _, moment = output
-    ctx.mark_non_differentiable(row_max, col_max, moment)
-    ctx.save_for_backward(x, y, scale, *output[:4])
-
-
-def _lse_moment_backward(ctx, g_row_max, g_row, g_col_max, g_col, _g_moment):
-    return lse_backward(triton_contrastive_lse_bwd)(ctx, g_row_max, g_row, g_col_max, g_col)
-
-
-triton_contrastive_lse_moment.register_autograd(_lse_moment_backward, setup_context=_lse_moment_setup_context)
+triton_contrastive_lse_moment.register_autograd(_triton_lse_backward, setup_context=lse_setup_context)
 
 
 @torch.library.custom_op("clipkern::triton_clip_loss", mutates_args=())

@@ -115,7 +115,7 @@ def _contrastive_finish_kernel(
         tl.store(col_m_ptr + offs, m_c, mask=cols)
         tl.store(col_logl_ptr + offs, logl_c, mask=cols)
         if MOMENT:
-            tl.store(col_moment_ptr + offs, merge_moment(col_m_part_ptr, col_l_part_ptr, col_w_part_ptr, offs,
+            tl.store(col_moment_ptr + offs, merge_moment(col_m_part_ptr, col_l_part_ptr, col_w_part_ptr, m_c, offs,
                                                          cols, N, row_splits, BLOCK), mask=cols)
         if HAS_LABELS:
             cnt = tl.load(count_ptr + offs, mask=cols, other=0).to(tl.float32)
